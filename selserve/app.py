@@ -1,0 +1,79 @@
+"""The native application interface: what an application receives and returns.
+
+An application is a callable `app(request) -> Response`.  It runs in the
+event loop once the whole request (head and body) has arrived, so it must not
+block; WSGI applications get their own adapter (`wsgi.py`) on top of this.
+A `Response` body is bytes, a `FileBody` (sent with sendfile), or any other
+iterable of bytes (streamed: chunked on HTTP/1.1 unless the app gives a
+Content-Length; its `close()` is called on every path).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+
+class Request:
+    """One complete request as the application sees it."""
+
+    __slots__ = ("method", "target", "path", "query", "version", "headers", "body", "peer")
+
+    def __init__(self, head, body: bytes, peer) -> None:
+        self.method: str = head.method
+        self.target: str = head.target
+        self.path: str = head.path  # still percent-encoded
+        self.query: str = head.query
+        self.version: str = head.version
+        self.headers: list[tuple[str, str]] = head.headers  # names lower-cased
+        self.body = body
+        self.peer = peer  # (host, port) for TCP, the path (often "") for Unix sockets
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header `name` (case-insensitive)."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} {self.version}>"
+
+
+class FileBody:
+    """`count` bytes of an open binary file from `offset`, sent without copying.
+
+    The server closes `fileobj` when the response ends, however it ends.
+    """
+
+    __slots__ = ("fileobj", "offset", "count")
+
+    def __init__(self, fileobj, offset: int = 0, count: int | None = None) -> None:
+        if count is None:
+            count = os.fstat(fileobj.fileno()).st_size - offset
+        self.fileobj = fileobj
+        self.offset = offset
+        self.count = count
+
+    def close(self) -> None:
+        self.fileobj.close()
+
+
+class Response:
+    """Status, headers and body of one answer."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | FileBody | Iterable[bytes] = b"",
+    ) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else []
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"

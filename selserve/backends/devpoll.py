@@ -1,0 +1,12 @@
+"""/dev/poll: Solaris's readiness mechanism; one turn costs O(ready fds)."""
+
+import selectors
+
+from .base import Backend
+
+
+class DevpollBackend(Backend):
+    name = "devpoll"
+    selector_class = getattr(selectors, "DevpollSelector", None)
+    cost_model = "O(ready)"
+    rank = 20

@@ -1,0 +1,12 @@
+"""epoll(7): Linux's readiness mechanism; one turn costs O(ready fds)."""
+
+import selectors
+
+from .base import Backend
+
+
+class EpollBackend(Backend):
+    name = "epoll"
+    selector_class = getattr(selectors, "EpollSelector", None)
+    cost_model = "O(ready)"
+    rank = 30

@@ -1,0 +1,12 @@
+"""kqueue(2): the BSDs' and macOS's readiness mechanism; one turn costs O(ready fds)."""
+
+import selectors
+
+from .base import Backend
+
+
+class KqueueBackend(Backend):
+    name = "kqueue"
+    selector_class = getattr(selectors, "KqueueSelector", None)
+    cost_model = "O(ready)"
+    rank = 30

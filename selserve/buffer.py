@@ -1,0 +1,150 @@
+"""The bounded write buffer between a response producer and a socket.
+
+`WriteBuffer` holds output not yet accepted by the kernel: byte strings and
+file ranges (sent with sendfile, never read into memory).  Producers look at
+`size` against `high_water` before adding more and are resumed below
+`low_water`, so a connection's memory stays bounded however slowly its client
+reads.  `flush()` writes as much as the socket takes now, gathering small
+pieces into one `sendmsg`; it never blocks and never swallows an error:
+`OSError` from the socket propagates to the connection's one close path.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import socket
+
+# How many pieces one sendmsg() gathers (IOV_MAX is 1024 on Linux; stay well below).
+_GATHER_MAX = 64
+# The largest slice handed to one sendfile() call.
+_SENDFILE_MAX = 1 << 30
+# errno values meaning "sendfile cannot do this pair of fds", not "the peer is gone".
+_NO_SENDFILE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
+
+
+class FileRange:
+    """`count` bytes of the open file `fileobj` starting at `offset`."""
+
+    __slots__ = ("fileobj", "offset", "count")
+
+    def __init__(self, fileobj, offset: int, count: int) -> None:
+        self.fileobj = fileobj
+        self.offset = offset
+        self.count = count
+
+
+class WriteBuffer:
+    __slots__ = ("_pieces", "size", "high_water", "low_water", "bytes_sent")
+
+    def __init__(self, high_water: int = 256 * 1024, low_water: int = 64 * 1024) -> None:
+        self._pieces: collections.deque[bytes | memoryview | FileRange] = collections.deque()
+        self.size = 0  # bytes waiting, files included
+        self.high_water = high_water
+        self.low_water = low_water
+        self.bytes_sent = 0
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    @property
+    def full(self) -> bool:
+        """At or above high water: the producer must pause."""
+        return self.size >= self.high_water
+
+    @property
+    def drained_enough(self) -> bool:
+        """At or below low water: a paused producer may resume."""
+        return self.size <= self.low_water
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._pieces.append(data)
+            self.size += len(data)
+
+    def append_file(self, fileobj, offset: int, count: int) -> None:
+        if count > 0:
+            self._pieces.append(FileRange(fileobj, offset, count))
+            self.size += count
+
+    def flush(self, sock: socket.socket) -> bool:
+        """Send what the socket accepts now; True once everything is sent."""
+        pieces = self._pieces
+        while pieces:
+            first = pieces[0]
+            if type(first) is FileRange:
+                sent = self._send_file(sock, first)
+                if sent is None:
+                    return False
+                continue
+            try:
+                sent = sock.send(first) if len(pieces) == 1 else sock.sendmsg(self._gather())
+            except (BlockingIOError, InterruptedError):
+                return False
+            self._consume(sent)
+        return True
+
+    def _gather(self) -> list:
+        out = []
+        for piece in self._pieces:
+            if type(piece) is FileRange or len(out) == _GATHER_MAX:
+                break
+            out.append(piece)
+        return out
+
+    def _consume(self, sent: int) -> None:
+        self.size -= sent
+        self.bytes_sent += sent
+        pieces = self._pieces
+        while sent:
+            first = pieces[0]
+            if len(first) <= sent:
+                sent -= len(first)
+                pieces.popleft()
+            else:
+                pieces[0] = memoryview(first)[sent:]
+                sent = 0
+
+    def _send_file(self, sock: socket.socket, piece: FileRange) -> int | None:
+        """Send part of a file range; None when the socket is full."""
+        try:
+            sent = os.sendfile(
+                sock.fileno(), piece.fileobj.fileno(), piece.offset, min(piece.count, _SENDFILE_MAX)
+            )
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            if exc.errno in _NO_SENDFILE:
+                return self._send_file_by_reading(sock, piece)
+            raise
+        if sent == 0:
+            # The file is shorter than promised: the response cannot be completed.
+            raise EOFError("file ended before its promised length")
+        self._advance_file(piece, sent)
+        return sent
+
+    def _send_file_by_reading(self, sock: socket.socket, piece: FileRange) -> int | None:
+        # sendfile is not possible here (e.g. the file lives on a filesystem
+        # without it): read a block and send it as ordinary bytes.
+        block = os.pread(piece.fileobj.fileno(), min(piece.count, 256 * 1024), piece.offset)
+        if not block:
+            raise EOFError("file ended before its promised length")
+        try:
+            sent = sock.send(block)
+        except (BlockingIOError, InterruptedError):
+            return None
+        self._advance_file(piece, sent)
+        return sent
+
+    def _advance_file(self, piece: FileRange, sent: int) -> None:
+        piece.offset += sent
+        piece.count -= sent
+        self.size -= sent
+        self.bytes_sent += sent
+        if piece.count == 0:
+            self._pieces.popleft()
+
+    def clear(self) -> None:
+        self._pieces.clear()
+        self.size = 0

@@ -1,0 +1,118 @@
+"""The `selserve` command line (also `python -m selserve`).
+
+Flags are derived from `config.Config`, so a setting added there appears here
+with its default and help.  Mistakes a user can make at start-up (a bad flag,
+an app that cannot be imported, a port in use) print one line naming the
+problem and the fix and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import typing
+
+from . import backends
+from .config import Config, settings
+from .server import BindError, Server, raise_open_file_limit
+
+DEFAULT_APP = "selserve.demo:app"
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """A start-up problem the user can fix; its message says how."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(USAGE_ERROR, f"selserve: {message} (see selserve --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="selserve",
+        description="A small, dependency-free HTTP/1.1 server on the standard library's selectors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "app",
+        nargs="?",
+        default=DEFAULT_APP,
+        help="the application to serve, as module:callable",
+    )
+    parser.add_argument(
+        "--list-backends", action="store_true", help="print the backends usable here and exit"
+    )
+    hints = typing.get_type_hints(Config)
+    for field in settings():
+        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        common = {"dest": field.name, "help": field.metadata["help"]}
+        if field.metadata.get("metavar"):
+            common["metavar"] = field.metadata["metavar"]
+        if typing.get_origin(kind) is list:
+            parser.add_argument(flag, action="append", **common)
+        else:
+            parser.add_argument(flag, type=kind, default=field.default, **common)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values = {field.name: getattr(args, field.name) for field in settings()}
+    if values["binds"] is None:
+        del values["binds"]  # the default
+    try:
+        config = Config(**values)
+        backends.backend_class(config.backend)
+    except (ValueError, backends.UnknownBackend) as exc:
+        raise UsageError(str(exc)) from None
+    return config
+
+
+def load_app(spec: str):
+    """Import 'module:callable' (the callable may be a dotted attribute path)."""
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise UsageError(f"application {spec!r} must be written module:callable")
+    try:
+        target = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UsageError(
+            f"cannot import module {module_name!r} for {spec!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(target):
+        raise UsageError(f"{spec!r} is a {type(target).__name__}, not a callable application")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_backends:
+        best = backends.best()
+        for name in backends.available():
+            print(f"{name}{' (auto)' if name == best else ''}")
+        return 0
+    try:
+        config = config_from_args(args)
+        logging.basicConfig(
+            level=config.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        app = load_app(args.app)
+        raise_open_file_limit()
+        server = Server(app, config)
+        server.bind()
+    except (UsageError, BindError) as exc:
+        print(f"selserve: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    server.serve_forever()
+    return 0

@@ -1,0 +1,120 @@
+"""Every limit, timeout and default of selserve, in one place.
+
+`Config` is the single typed source of settings: the command line (`cli.py`),
+the embedding API (`serve(app, **settings)`) and the README's table are all
+derived from the field list below.  Nothing here opens a socket or reads the
+environment apart from `default_max_connections()`, which asks the process
+for its open-file limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+from dataclasses import dataclass, field
+
+
+def _setting(default, help: str, *, flag: str | None = None, metavar: str | None = None):
+    """A Config field carrying its command-line help (and optional flag name)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar})
+
+
+def default_max_connections() -> int:
+    """Connections we can hold: the open-file limit minus room for listeners and files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = hard if hard != resource.RLIM_INFINITY else 65536
+    return max(16, min(limit, 65536) - 64)
+
+
+@dataclass
+class Config:
+    """Settings for one server; every field is also a `--flag` of the same name."""
+
+    binds: list[str] = field(
+        default_factory=lambda: ["127.0.0.1:8000"],
+        metadata={
+            "help": "address to listen on: HOST:PORT, [IPV6]:PORT or unix:PATH (repeatable)",
+            "flag": "--bind",
+            "metavar": "ADDR",
+        },
+    )
+    backend: str = _setting("auto", "readiness backend (see --list-backends)", metavar="NAME")
+    max_connections: int = _setting(
+        0, "open client connections at most; 0 derives it from RLIMIT_NOFILE", metavar="N"
+    )
+    backlog: int = _setting(1024, "listen() backlog: clients queued while at the cap", metavar="N")
+    keepalive_timeout: float = _setting(
+        5.0, "close a keep-alive connection idle this long (s)", metavar="S"
+    )
+    header_timeout: float = _setting(
+        10.0, "close a connection whose request head takes longer than this (s)", metavar="S"
+    )
+    body_timeout: float = _setting(
+        30.0, "close a connection whose request body stalls this long (s)", metavar="S"
+    )
+    write_timeout: float = _setting(
+        30.0, "close a connection that accepts no response bytes for this long (s)", metavar="S"
+    )
+    shutdown_timeout: float = _setting(
+        10.0, "on SIGTERM/SIGINT, let in-flight responses finish this long (s)", metavar="S"
+    )
+    max_request_line: int = _setting(8192, "longest request line in bytes (else 414)", metavar="B")
+    max_header_bytes: int = _setting(
+        65536, "largest header section in bytes (else 431)", metavar="B"
+    )
+    max_headers: int = _setting(100, "most header fields in one request (else 431)", metavar="N")
+    max_body_size: int = _setting(
+        16 * 1024 * 1024, "largest request body in bytes (else 413)", metavar="B"
+    )
+    high_water: int = _setting(
+        256 * 1024, "pause a streamed body when this many bytes wait to be sent", metavar="B"
+    )
+    low_water: int = _setting(64 * 1024, "resume a paused body below this many bytes", metavar="B")
+    log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
+    server_header: str = _setting(
+        "selserve", "value of the Server header ('' to omit)", metavar="S"
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, naming the setting and what would be right."""
+        positive = (
+            "keepalive_timeout",
+            "header_timeout",
+            "body_timeout",
+            "write_timeout",
+            "max_request_line",
+            "max_header_bytes",
+            "max_headers",
+            "high_water",
+            "backlog",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_dash(name)} must be greater than 0")
+        for name in ("shutdown_timeout", "max_connections", "max_body_size", "low_water"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_dash(name)} must be 0 or more")
+        if self.low_water > self.high_water:
+            raise ValueError("--low-water must not exceed --high-water")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("--log-level must be one of debug, info, warning, error")
+        if any(c in self.server_header for c in "\r\n\0"):
+            raise ValueError("--server-header must not contain CR, LF or NUL")
+        if not self.binds:
+            raise ValueError("at least one --bind address is needed")
+
+    @property
+    def connection_limit(self) -> int:
+        return self.max_connections or default_max_connections()
+
+
+def settings() -> list[dataclasses.Field]:
+    """The Config fields, in declaration order (the CLI and docs are built from these)."""
+    return list(dataclasses.fields(Config))
+
+
+def _dash(name: str) -> str:
+    return name.replace("_", "-")

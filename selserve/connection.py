@@ -1,0 +1,461 @@
+"""One client connection: socket + request parser + write buffer + response producer.
+
+A connection moves through READING (a request head or body is arriving),
+RESPONDING (its answer is being written), and back to READING for the next
+keep-alive request, or to LINGERING/closed.  Requests are answered one at a
+time and in order; pipelined requests wait in the parser meanwhile, and the
+socket is not read while a response is in progress, which bounds what a
+client can make us buffer.
+
+Every way a connection ends goes through `close(reason)`: unwatch, close the
+socket, cancel the timer, close the response iterable, free the server's slot.
+A failing send or recv is ordinary client behaviour (EPIPE, ECONNRESET, ...):
+it is counted under its reason and logged at debug, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from . import app as native
+from .backends import READABLE, WRITABLE
+from .buffer import WriteBuffer
+from .http import response as wire
+from .http.errors import HTTPError
+from .http.parser import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, Request, RequestParser
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("selserve")
+
+READING, RESPONDING, LINGERING, CLOSED_STATE = "reading", "responding", "lingering", "closed"
+
+# Bytes asked of recv() at once.
+READ_SIZE = 64 * 1024
+# A streamed body may put this many bytes in the buffer per turn before other
+# connections get theirs (fairness against a fast client and an eager producer).
+PRODUCE_BUDGET = 1024 * 1024
+# After a refused request, how long we keep reading and discarding the client's
+# input so that closing does not reset the connection before our answer arrives.
+LINGER_TIMEOUT = 2.0
+LINGER_READS = 16
+
+# Close reasons: shared by the counters and the debug log.
+PEER_CLOSED = "peer-closed"
+RECV_ERROR = "recv-error"
+SEND_ERROR = "send-error"
+DONE = "done"
+BAD_REQUEST = "bad-request"
+APP_ERROR = "app-error"
+INTERNAL_ERROR = "internal-error"
+SHUTDOWN = "shutdown"
+
+
+class Connection:
+    __slots__ = (
+        "server",
+        "loop",
+        "sock",
+        "fd",
+        "peer",
+        "parser",
+        "out",
+        "state",
+        "timer",
+        "timeout_reason",
+        "head",
+        "body",
+        "head_started",
+        "keep_alive",
+        "producer",
+        "closeable",
+        "chunked",
+        "remaining",
+        "watching",
+        "requests",
+        "linger",
+    )
+
+    def __init__(self, server: Server, sock: socket.socket, peer) -> None:
+        config = server.config
+        self.server = server
+        self.loop = server.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.parser = RequestParser(**server.parser_limits)
+        self.out = WriteBuffer(config.high_water, config.low_water)
+        self.state = READING
+        self.head: Request | None = None
+        self.body: list[bytes] = []
+        self.head_started = False
+        self.keep_alive = True
+        self.producer = None  # iterator of a streamed body, while one is being pulled
+        self.closeable = None  # the body object whose close() we owe the application
+        self.chunked = False
+        self.remaining: int | None = None  # bytes a streamed body still owes its Content-Length
+        self.requests = 0
+        self.linger = False  # after a refusal the client may still be sending
+        self.timeout_reason = "header-timeout"
+        self.timer = self.loop.call_later(config.header_timeout, self.on_timeout)
+        self.watching = READABLE
+        self.loop.watch(self.fd, self, READABLE)
+
+    def __repr__(self) -> str:
+        return f"<Connection fd={self.fd} {self.peer!r} {self.state}>"
+
+    # -- readiness ----------------------------------------------------------
+
+    def on_readable(self) -> None:
+        if self.state is LINGERING:
+            self._discard_input()
+            return
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(RECV_ERROR, exc)
+            return
+        if data:
+            if not self.head_started and self.head is None:
+                # The head has begun: from now on it has header_timeout to finish
+                # (counted from its first byte, not reset by each trickled byte).
+                self.head_started = True
+                self._arm(self.server.config.header_timeout, "header-timeout")
+            self.parser.feed(data)
+        else:
+            self.parser.feed_eof()
+        self._advance()
+
+    def on_writable(self) -> None:
+        if self.state is RESPONDING:
+            self._pump()
+            if self.state is READING:
+                self._advance()  # the answer is out: serve pipelined requests
+        elif self.state is READING:
+            # Only an interim answer (100 Continue) was left over.
+            try:
+                drained = self.out.flush(self.sock)
+            except OSError as exc:
+                self.close(SEND_ERROR, exc)
+                return
+            if drained:
+                self._watch(READABLE)
+
+    def on_timeout(self) -> None:
+        reason = self.timeout_reason
+        if reason == "header-timeout" and self.head_started and self.state is READING:
+            self._try_send_now(wire.error_response(408, "request head too slow", self.server.fixed))
+        self.close(reason)
+
+    def on_error(self, exc: BaseException) -> None:
+        self.close(INTERNAL_ERROR, exc)
+
+    # -- reading requests -----------------------------------------------------
+
+    def _advance(self) -> None:
+        """Turn buffered bytes into requests and answers until we must wait."""
+        parser = self.parser
+        while self.state is READING:
+            try:
+                event = parser.next_event()
+            except HTTPError as exc:
+                self._refuse(exc)
+                return
+            kind = type(event)
+            if kind is Data:
+                self.body.append(event.data)
+                self._arm(self.server.config.body_timeout, "body-timeout")
+            elif kind is Request:
+                self._start_request(event)
+            elif kind is EndOfMessage:
+                self._respond()
+            elif event is NEED_DATA:
+                return
+            elif event is CLOSED:
+                self.close(PEER_CLOSED)
+                return
+            elif event is PAUSED:  # cannot happen while READING; be safe
+                parser.start_next_request()
+
+    def _start_request(self, head: Request) -> None:
+        self.head = head
+        if head.has_body:
+            self._arm(self.server.config.body_timeout, "body-timeout")
+            if head.expect_continue:
+                # RFC 9110 §10.1.1: the client waits for this before sending the body.
+                self._try_send_now(wire.CONTINUE)
+
+    # -- answering ------------------------------------------------------------
+
+    def _respond(self) -> None:
+        head = self.head
+        body = b"".join(self.body) if self.body else b""
+        self.body = []
+        self.requests += 1
+        self.server.requests += 1
+        try:
+            response = self.server.app(native.Request(head, body, self.peer))
+        except Exception:
+            log.exception("application error on %s %s", head.method, head.target)
+            response = None
+        if not isinstance(response, native.Response):
+            if response is not None:
+                log.error("application returned %r, not a Response", type(response).__name__)
+            self._answer_error(500, "the application failed")
+            return
+        self._start_response(response)
+
+    def _start_response(self, response: native.Response) -> None:
+        head = self.head
+        body = response.body
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            length = len(body)
+        elif isinstance(body, native.FileBody):
+            length = body.count
+            self.closeable = body
+        else:
+            length = None
+            self.closeable = body
+        keep_alive = head.keep_alive and not self.server.stopping
+        try:
+            framing = wire.build_head(
+                response.status,
+                response.headers,
+                method=head.method,
+                http11=head.version == "HTTP/1.1",
+                keep_alive=keep_alive,
+                body_length=length,
+                fixed=self.server.fixed,
+            )
+        except (wire.InvalidHeader, TypeError, ValueError) as exc:
+            log.error("invalid response from the application for %s: %s", head.target, exc)
+            self._release_body()
+            self._answer_error(500, "the application gave an invalid response")
+            return
+        self.keep_alive = framing.keep_alive
+        self.state = RESPONDING
+        out = self.out
+        if length is not None and self.closeable is None:  # plain bytes
+            out.append(framing.data + body if framing.has_body else framing.data)
+        elif length is not None:  # a file
+            out.append(framing.data)
+            if framing.has_body:
+                out.append_file(body.fileobj, body.offset, body.count)
+        else:
+            out.append(framing.data)
+            if framing.has_body:
+                try:
+                    self.producer = iter(body)
+                except TypeError as exc:
+                    log.error("response body of %s is not iterable: %s", head.target, exc)
+                    self._release_body()
+                    out.clear()
+                    self.state = READING
+                    self._answer_error(500, "the application gave an invalid response")
+                    return
+                self.chunked = framing.chunked
+                self.remaining = framing.content_length
+        self._pump()
+
+    def _answer_error(self, status: int, detail: str) -> None:
+        """Answer with a small error page and close once it is sent."""
+        self.keep_alive = False
+        self.state = RESPONDING
+        self.out.append(wire.error_response(status, detail, self.server.fixed))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Fill the buffer from the producer (below high water) and flush it."""
+        out = self.out
+        produced = 0
+        while True:
+            if self.producer is not None and out.size <= out.low_water:
+                produced += self._produce()
+                if self.state is not RESPONDING:
+                    return  # the producer failed and the connection closed
+            try:
+                drained = out.flush(self.sock)
+            except (OSError, EOFError) as exc:
+                self.close(SEND_ERROR, exc)
+                return
+            if not drained:
+                self._watch(WRITABLE)
+                self._arm(self.server.config.write_timeout, "write-timeout")
+                return
+            if self.producer is None:
+                self._response_complete()
+                return
+            if produced >= PRODUCE_BUDGET:
+                # The socket would take more, but others deserve a turn; being
+                # writable, we are called again on the next turn.
+                self._watch(WRITABLE)
+                self._arm(self.server.config.write_timeout, "write-timeout")
+                return
+
+    def _produce(self) -> int:
+        """Pull body pieces until high water; returns the bytes added."""
+        out = self.out
+        producer = self.producer
+        added = 0
+        while out.size < out.high_water:
+            try:
+                piece = next(producer)
+            except StopIteration:
+                self._end_of_body()
+                return added
+            except Exception:
+                log.exception("application error while streaming %s", self.head.target)
+                self.close(APP_ERROR)
+                return added
+            if not piece:
+                continue
+            if self.remaining is not None:
+                if len(piece) > self.remaining:
+                    log.error("%s: body longer than its Content-Length", self.head.target)
+                    piece = piece[: self.remaining]
+                    self.keep_alive = False
+                self.remaining -= len(piece)
+            if self.chunked:
+                out.append(wire.chunk(piece))
+            else:
+                out.append(piece)
+            added += len(piece)
+            if self.remaining == 0:
+                self._end_of_body()
+                return added
+        return added
+
+    def _end_of_body(self) -> None:
+        self.producer = None
+        if self.chunked:
+            self.out.append(wire.LAST_CHUNK)
+        elif self.remaining:
+            # Shorter than promised: only closing tells the client it is incomplete.
+            log.error("%s: body shorter than its Content-Length", self.head.target)
+            self.keep_alive = False
+        self._release_body()
+
+    def _response_complete(self) -> None:
+        self._release_body()
+        self.head = None
+        self.head_started = False
+        self.chunked = False
+        self.remaining = None
+        if not self.keep_alive or self.server.stopping:
+            self._close_after_response()
+            return
+        self.state = READING
+        self.parser.start_next_request()
+        self._watch(READABLE)
+        if self.parser.buffered:
+            self.head_started = True  # a pipelined request is already arriving
+            self._arm(self.server.config.header_timeout, "header-timeout")
+        else:
+            self._arm(self.server.config.keepalive_timeout, "keepalive-timeout")
+
+    def _refuse(self, exc: HTTPError) -> None:
+        """Answer a request we cannot parse or accept, then close."""
+        self.server.count(f"http-{exc.status}")
+        log.debug("%r: refused with %d: %s", self, exc.status, exc.detail)
+        self.head = None
+        self.linger = True
+        self._answer_error(exc.status, exc.detail)
+
+    def _try_send_now(self, data: bytes) -> None:
+        """Send interim or last-gasp bytes: now if the socket takes them, else queued."""
+        if self.out:
+            self.out.append(data)
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return  # the read side will see the failure
+        if sent < len(data):
+            self.out.append(data[sent:])
+            if self.state is not RESPONDING:
+                self._watch(READABLE | WRITABLE)
+
+    # -- ending ---------------------------------------------------------------
+
+    def _close_after_response(self) -> None:
+        if not self.linger and not self.parser.buffered:
+            self.close(DONE)
+            return
+        # The client may still be sending (a refused body, pipelined requests):
+        # stop writing, read and drop its input for a while, then close, so the
+        # kernel does not answer that input with a reset that destroys our reply.
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.close(SEND_ERROR, exc)
+            return
+        self.state = LINGERING
+        self._watch(READABLE)
+        self._arm(LINGER_TIMEOUT, DONE)
+
+    def _discard_input(self) -> None:
+        for _ in range(LINGER_READS):
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                break
+            if not data:
+                break
+        self.close(DONE)
+
+    def close(self, reason: str, exc: BaseException | None = None) -> None:
+        """The one way out: unwatch, close, cancel the timer, release the body, free the slot."""
+        if self.state is CLOSED_STATE:
+            return
+        self.state = CLOSED_STATE
+        if self.loop.is_watching(self.fd):
+            self.loop.unwatch(self.fd)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.timer.cancel()
+        self.producer = None
+        self._release_body()
+        self.out.clear()
+        if exc is not None:
+            log.debug("%r closed: %s (%s)", self, reason, exc)
+        self.server.connection_closed(self, reason)
+
+    def _release_body(self) -> None:
+        """Call close() on the response body, once, as PEP 3333 and FileBody require."""
+        closeable = self.closeable
+        if closeable is None:
+            return
+        self.closeable = None
+        close = getattr(closeable, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("error closing the response body of %r", self)
+
+    # -- helpers --------------------------------------------------------------
+
+    def _watch(self, events: int) -> None:
+        if self.watching != events:
+            self.watching = events
+            self.loop.set_interest(self.fd, events)
+
+    def _arm(self, delay: float, reason: str) -> None:
+        self.timeout_reason = reason
+        self.timer.reschedule(self.loop.now + delay)
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request with nothing of it received: safe to close at shutdown."""
+        return self.state is READING and self.head is None and not self.head_started

@@ -1,0 +1,158 @@
+"""Serialising responses: status lines, heads, chunked framing, error answers.
+
+Pure functions of their arguments: the caller supplies the `Date` line (it owns
+the clock) and decides keep-alive.  Header names and values from applications
+are checked here; one containing CR, LF or NUL is refused with
+`InvalidHeader`, never written (RFC 9110 §5.5: a field value cannot carry them,
+and writing one would let an app split the response).
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import formatdate
+from http import HTTPStatus
+
+# field-name = token (RFC 9110 §5.1, §5.6.2)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# field-value characters we refuse to write: CR, LF and NUL (RFC 9110 §5.5).
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\0]")
+
+# Framing headers the server computes itself; an app's own are checked, not copied blindly.
+_FRAMING = frozenset(("content-length", "transfer-encoding", "connection"))
+
+
+class InvalidHeader(ValueError):
+    """An application header we will not write (bad name, CR/LF/NUL in value)."""
+
+
+def _status_line(status: int, version: bytes = b"HTTP/1.1") -> bytes:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    return b"%s %d %s\r\n" % (version, status, reason.encode("ascii"))
+
+
+# Pre-encoded status lines for every status http.HTTPStatus knows.
+STATUS_LINES: dict[int, bytes] = {int(s): _status_line(int(s)) for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise InvalidHeader(f"status {status} is not a three-digit code")
+        line = _status_line(status)
+    return line
+
+
+def date_line(timestamp: float) -> bytes:
+    """The `Date` header line for a wall-clock time (RFC 9110 §5.6.7 IMF-fixdate)."""
+    return b"Date: " + formatdate(timestamp, usegmt=True).encode("ascii") + b"\r\n"
+
+
+def body_allowed(status: int, method: str) -> bool:
+    """Whether a response carries content (RFC 9110 §6.4.1): not for HEAD, 1xx, 204, 304."""
+    return method != "HEAD" and status >= 200 and status != 204 and status != 304
+
+
+class ResponseHead:
+    """The framing decided for one response, and its serialised head."""
+
+    __slots__ = ("data", "content_length", "chunked", "keep_alive", "has_body")
+
+    def __init__(
+        self, data: bytes, content_length: int | None, chunked: bool, keep_alive: bool, has_body
+    ):
+        self.data = data
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.has_body = has_body
+
+
+def build_head(
+    status: int,
+    headers: list[tuple[str, str]],
+    *,
+    method: str,
+    http11: bool,
+    keep_alive: bool,
+    body_length: int | None,
+    fixed: bytes,
+) -> ResponseHead:
+    """Serialise a response head and decide its framing.
+
+    `body_length` is the body's size when the server knows it (bytes, files),
+    None when it is streamed.  `fixed` holds pre-encoded lines every response
+    carries (Date, Server).  A Content-Length from the app wins for streamed
+    bodies; without one, HTTP/1.1 gets chunked encoding and HTTP/1.0 a
+    close-delimited body.
+    """
+    lines = [status_line(status), fixed]
+    app_length: int | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _FRAMING:
+            if lower == "content-length":
+                app_length = _parse_length(value)
+            elif lower == "connection" and "close" in value.lower():
+                keep_alive = False
+            # Transfer-Encoding is the server's business: dropped.
+            continue
+        if not _TOKEN.match(name):
+            raise InvalidHeader(f"invalid header name {name!r}")
+        if _FORBIDDEN_IN_VALUE.search(value):
+            raise InvalidHeader(f"header {name!r} has CR, LF or NUL in its value")
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+
+    has_body = body_allowed(status, method)
+    content_length = body_length if body_length is not None else app_length
+    chunked = False
+    if status < 200 or status == 204:
+        content_length = None  # RFC 9110 §8.6: never on 1xx or 204
+    elif content_length is not None:
+        lines.append(b"Content-Length: %d\r\n" % content_length)
+    elif has_body and http11:
+        chunked = True
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif has_body:
+        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+    elif method == "HEAD" and http11:
+        lines.append(b"Transfer-Encoding: chunked\r\n")  # what GET would have said
+
+    if http11:
+        if not keep_alive:
+            lines.append(b"Connection: close\r\n")
+    elif keep_alive:
+        lines.append(b"Connection: keep-alive\r\n")
+    lines.append(b"\r\n")
+    return ResponseHead(b"".join(lines), content_length, chunked, keep_alive, has_body)
+
+
+def _parse_length(value: str) -> int:
+    value = value.strip()
+    if not value.isdigit() or not value.isascii():
+        raise InvalidHeader(f"invalid Content-Length {value!r}")
+    return int(value)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1); never call with empty data."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def error_response(status: int, detail: str, fixed: bytes, *, head_only: bool = False) -> bytes:
+    """A small, complete answer that closes the connection (parse errors, 5xx)."""
+    body = f"{status} {HTTPStatus(status).phrase}: {detail}\n".encode("ascii", "replace")
+    head = b"%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % (
+        fixed,
+        len(body),
+    )
+    out = status_line(status) + head + b"Connection: close\r\n\r\n"
+    return out if head_only else out + body

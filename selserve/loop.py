@@ -1,0 +1,304 @@
+"""The event loop: one backend, timers, handler dispatch, wake-ups and signals.
+
+Handlers are long-lived objects with `on_readable()` and `on_writable()`; the
+loop keeps an fd → handler table and calls the handler registered *now* for a
+ready fd, so an event for a connection closed earlier in the same batch is
+dropped even when a new connection already reuses its fd number.  An exception
+escaping a handler is that handler's bug: it is logged, the handler's
+`on_error()` closes it, and the loop goes on.  The loop must never block on
+anything but the backend's `select()`.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .backends import READABLE, WRITABLE, Backend
+
+log = logging.getLogger("selserve")
+
+# Rebuild the timer heap once stale entries outnumber live timers by this much.
+_HEAP_COMPACT_MIN = 512
+
+
+class Handler(Protocol):
+    def on_readable(self) -> None: ...
+    def on_writable(self) -> None: ...
+    def on_error(self, exc: BaseException) -> None: ...
+
+
+class Timer:
+    """A callback due at `when` (loop clock).  Moving it later is O(1).
+
+    Keep-alive connections push their deadline back on every request, so
+    `reschedule` to a later time only records the new deadline; the heap entry
+    keeps its place and, when it comes due, is pushed again for the new time.
+    """
+
+    __slots__ = ("when", "callback", "active", "_queued_when", "_loop")
+
+    def __init__(self, loop: EventLoop, when: float, callback: Callable[[], Any]) -> None:
+        self._loop = loop
+        self.when = when
+        self.callback = callback
+        self.active = False
+        self._queued_when = when
+
+    def reschedule(self, when: float) -> None:
+        """Make the timer due at `when`, whether it is pending, fired or cancelled."""
+        self.when = when
+        if not self.active:
+            self.active = True
+            self._loop._live_timers += 1
+            self._loop._push_timer(self)
+        elif when < self._queued_when:
+            # The queued entry becomes stale (its time no longer matches
+            # `_queued_when`) and a new one is pushed.
+            self._loop._push_timer(self)
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._loop._live_timers -= 1
+
+
+class _Waker:
+    """A readable fd that other threads and signal handlers poke to end a select()."""
+
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self._rfd = self._wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._token = (1).to_bytes(8, "little")
+            self._pair = None
+        else:
+            self._pair = socket.socketpair()
+            for s in self._pair:
+                s.setblocking(False)
+            self._rfd, self._wfd = self._pair[0].fileno(), self._pair[1].fileno()
+            self._token = b"\0"
+
+    @property
+    def fd(self) -> int:
+        return self._rfd
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wfd, self._token)
+        except (BlockingIOError, InterruptedError):
+            pass  # already pending: the loop will wake anyway
+
+    def drain(self) -> None:
+        try:
+            while os.read(self._rfd, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        if self._pair is not None:
+            for s in self._pair:
+                s.close()
+        else:
+            os.close(self._rfd)
+
+
+class _WakeHandler:
+    def __init__(self, loop: EventLoop) -> None:
+        self._loop = loop
+
+    def on_readable(self) -> None:
+        self._loop._waker.drain()
+
+    def on_writable(self) -> None:  # never watched for writing
+        pass
+
+    def on_error(self, exc: BaseException) -> None:
+        pass
+
+
+class EventLoop:
+    """Runs until `stop()`: waits on the backend, fires due timers, runs callbacks."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.now = time.monotonic()
+        self._handlers: dict[int, Handler] = {}
+        self._interest: dict[int, int] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = 0
+        self._live_timers = 0
+        self._ready: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._running = False
+        self._stopping = False
+        self._waker = _Waker()
+        self._thread_id: int | None = None
+        self.watch(self._waker.fd, _WakeHandler(self), READABLE)
+
+    # -- fds -------------------------------------------------------------
+
+    def watch(self, fd: int, handler: Handler, events: int) -> None:
+        """Start (or change) watching `fd` for `events`; `handler` receives them."""
+        if fd in self._handlers:
+            self.set_interest(fd, events)
+            return
+        self.backend.register(fd, events, handler)
+        self._handlers[fd] = handler
+        self._interest[fd] = events
+
+    def set_interest(self, fd: int, events: int) -> None:
+        """Change what `fd` is watched for; a no-op (no syscall) when unchanged."""
+        if self._interest[fd] != events:
+            self.backend.modify(fd, events, self._handlers[fd])
+            self._interest[fd] = events
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching `fd`.  Call before closing it (a closed fd cannot be removed)."""
+        if self._handlers.pop(fd, None) is not None:
+            del self._interest[fd]
+            self.backend.unregister(fd)
+
+    def is_watching(self, fd: int) -> bool:
+        return fd in self._handlers
+
+    # -- timers and callbacks ---------------------------------------------
+
+    def time(self) -> float:
+        """The loop's clock, refreshed once per turn (cheap to read often)."""
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], Any]) -> Timer:
+        timer = Timer(self, when, callback)
+        timer.reschedule(when)
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        return self.call_at(self.now + delay, callback)
+
+    def _push_timer(self, timer: Timer) -> None:
+        self._timer_seq += 1
+        timer._queued_when = timer.when
+        heapq.heappush(self._timers, (timer.when, self._timer_seq, timer))
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        self._ready.append((callback, args))
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Queue `callback` from any thread (or a signal handler) and wake the loop."""
+        self._ready.append((callback, args))  # deque.append is atomic
+        self._waker.wake()
+
+    def add_signal_handler(self, signum: int, callback: Callable[[], Any]) -> None:
+        """Run `callback` in the loop when `signum` arrives (main thread only)."""
+        signal.signal(signum, lambda _signum, _frame: self.call_soon_threadsafe(callback))
+
+    # -- running ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Make `run()` return after the current turn."""
+        self._stopping = True
+        if self._thread_id is not None and self._thread_id != threading.get_ident():
+            self._waker.wake()
+
+    def run(self) -> None:
+        self._running = True
+        self._stopping = False
+        self._thread_id = threading.get_ident()
+        try:
+            while not self._stopping:
+                self.run_once()
+        finally:
+            self._running = False
+            self._thread_id = None
+
+    def run_once(self) -> None:
+        """One turn: wait for readiness or the next timer, dispatch, fire timers."""
+        timeout = self._select_timeout()
+        ready = self.backend.select(timeout)
+        self.now = time.monotonic()
+        handlers = self._handlers
+        for key, events in ready:
+            handler = key.data
+            fd = key.fd
+            # Skip events for a handler closed earlier in this batch, even if a
+            # new one already holds the same fd number.
+            if handlers.get(fd) is not handler:
+                continue
+            try:
+                if events & READABLE:
+                    handler.on_readable()
+                if events & WRITABLE and handlers.get(fd) is handler:
+                    handler.on_writable()
+            except Exception as exc:
+                self._handler_failed(handler, exc)
+        if self._timers:
+            self._run_due_timers()
+        if self._ready:
+            self._run_callbacks()
+
+    def _select_timeout(self) -> float | None:
+        if self._ready or self._stopping:
+            return 0
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_due_timers(self) -> None:
+        timers = self._timers
+        now = self.now
+        while timers and timers[0][0] <= now:
+            queued_when, _, timer = heapq.heappop(timers)
+            if not timer.active or queued_when != timer._queued_when:
+                continue  # cancelled, or superseded by an earlier reschedule
+            if timer.when > now:
+                self._push_timer(timer)  # moved later since it was queued
+                continue
+            timer.active = False
+            self._live_timers -= 1
+            try:
+                timer.callback()
+            except Exception as exc:
+                self._handler_failed(timer.callback, exc)
+        if len(timers) > 2 * self._live_timers + _HEAP_COMPACT_MIN:
+            self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        self._timers = [
+            entry for entry in self._timers if entry[2].active and entry[0] == entry[2]._queued_when
+        ]
+        heapq.heapify(self._timers)
+
+    def _run_callbacks(self) -> None:
+        # Only what is queued now: callbacks queued by these run next turn.
+        for _ in range(len(self._ready)):
+            callback, args = self._ready.popleft()
+            try:
+                callback(*args)
+            except Exception as exc:
+                self._handler_failed(callback, exc)
+
+    def _handler_failed(self, culprit: Any, exc: Exception) -> None:
+        log.error("unhandled error in %r", culprit, exc_info=exc)
+        on_error = getattr(culprit, "on_error", None)
+        if on_error is None:
+            owner = getattr(culprit, "__self__", None)  # a bound method's object
+            on_error = getattr(owner, "on_error", None)
+        if on_error is not None:
+            try:
+                on_error(exc)
+            except Exception:
+                log.exception("error while closing %r after a failure", culprit)
+
+    def close(self) -> None:
+        """Release the backend and the waker.  Watched fds are not closed here."""
+        self.unwatch(self._waker.fd)
+        self._waker.close()
+        self.backend.close()

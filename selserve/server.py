@@ -1,0 +1,369 @@
+"""Listeners, accepting, the connection cap and graceful shutdown.
+
+The server owns the loop, the listening sockets and the set of live
+connections.  It accepts until the kernel says `BlockingIOError` (at most
+`ACCEPT_BATCH` per turn so one busy listener cannot starve the rest), skips
+`ECONNABORTED`, pauses accepting briefly on `EMFILE`/`ENFILE`, and at the
+connection cap stops watching its listeners until a connection closes; a
+readiness event is never dropped on the floor.  It never blocks and never
+lets one connection's failure reach another.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import signal
+import socket
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from . import backends
+from .backends import READABLE
+from .config import Config
+from .connection import SHUTDOWN, Connection
+from .http import response as wire
+from .loop import EventLoop
+
+log = logging.getLogger("selserve")
+
+# Connections accepted per listener per turn, for fairness with the rest of the loop.
+ACCEPT_BATCH = 64
+# How long accepting pauses when the process is out of file descriptors.
+FD_EXHAUSTED_PAUSE = 0.25
+# At most one "out of file descriptors" warning per this many seconds.
+FD_EXHAUSTED_LOG_INTERVAL = 10.0
+# An answer for a connection we cannot take (the backend cannot watch its fd).
+_UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 20\r\nConnection: close\r\n\r\nserver at capacity.\n"
+)
+
+
+class BindError(ValueError):
+    """A --bind address that cannot be parsed or listened on."""
+
+
+def parse_bind(address: str) -> tuple[int, object]:
+    """'HOST:PORT', '[IPV6]:PORT' or 'unix:PATH' → (family, sockaddr)."""
+    if address.startswith("unix:"):
+        path = address[5:]
+        if not path:
+            raise BindError(f"bind address {address!r} needs a path, e.g. unix:/tmp/selserve.sock")
+        return socket.AF_UNIX, path
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise BindError(
+            f"bind address {address!r} is not HOST:PORT, [IPV6]:PORT or unix:PATH "
+            "(e.g. 127.0.0.1:8000)"
+        )
+    port = int(port_text)
+    if host.startswith("[") and host.endswith("]"):
+        return socket.AF_INET6, (host[1:-1], port)
+    if ":" in host:
+        raise BindError(f"bind address {address!r}: write IPv6 hosts in brackets, e.g. [::1]:8000")
+    return socket.AF_INET, (host or "0.0.0.0", port)
+
+
+def create_listener(address: str, backlog: int) -> socket.socket:
+    family, sockaddr = parse_bind(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_UNIX:
+            _remove_stale_unix_socket(sockaddr)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class Listener:
+    """A listening socket as a loop handler: readable means 'connections are waiting'."""
+
+    __slots__ = ("server", "sock", "fd", "address", "unix_path")
+
+    def __init__(self, server: Server, sock: socket.socket, address: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.address = address
+        self.unix_path = address[5:] if sock.family == socket.AF_UNIX else None
+
+    def on_readable(self) -> None:
+        self.server.accept_from(self)
+
+    def on_writable(self) -> None:
+        pass
+
+    def on_error(self, exc: BaseException) -> None:
+        pass  # a bug in accepting is logged by the loop; the listener stays
+
+    @property
+    def url(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        host, port = self.sock.getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.unix_path:
+            try:
+                os.unlink(self.unix_path)
+            except OSError:
+                pass
+
+
+class Server:
+    """An HTTP/1.1 server for one native application on one event loop."""
+
+    def __init__(self, app: Callable, config: Config | None = None, **settings) -> None:
+        self.app = app
+        self.config = config if config is not None else Config(**settings)
+        self.backend = backends.create(self.config.backend)
+        self.loop = EventLoop(self.backend)
+        self.connections: set[Connection] = set()
+        self.listeners: list[Listener] = []
+        self.limit = self.config.connection_limit
+        self.parser_limits = {
+            "max_request_line": self.config.max_request_line,
+            "max_header_bytes": self.config.max_header_bytes,
+            "max_headers": self.config.max_headers,
+            "max_body_size": self.config.max_body_size,
+        }
+        self.stopping = False
+        self.requests = 0
+        self.counters: Counter[str] = Counter()
+        self._accepting = False
+        self._paused_until = 0.0
+        self._last_fd_warning = -FD_EXHAUSTED_LOG_INTERVAL
+        self._warned_unwatchable = False
+        self._server_line = (
+            f"Server: {self.config.server_header}\r\n".encode("latin-1")
+            if self.config.server_header
+            else b""
+        )
+        self.fixed = b""  # the Date and Server lines every response carries
+        self._refresh_date()
+
+    # -- set-up ---------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Open every --bind address; on failure close what was opened and raise BindError."""
+        try:
+            for address in self.config.binds:
+                sock = create_listener(address, self.config.backlog)
+                self.listeners.append(Listener(self, sock, address))
+        except BindError:
+            for listener in self.listeners:
+                listener.close()
+            self.listeners.clear()
+            raise
+
+    @property
+    def urls(self) -> list[str]:
+        return [listener.url for listener in self.listeners]
+
+    def serve_forever(self) -> None:
+        """Run until shut down (SIGTERM/SIGINT in the main thread, or `shutdown()`)."""
+        if not self.listeners:
+            self.bind()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(signum, self.begin_shutdown)
+        self._resume_accepting()
+        log.info(
+            "selserve listening on %s (backend %s, up to %d connections)",
+            ", ".join(self.urls),
+            self.backend.name,
+            self.limit,
+        )
+        try:
+            self.loop.run()
+        finally:
+            self._close_everything()
+
+    def shutdown(self) -> None:
+        """Ask a running server to stop gracefully; safe from any thread."""
+        self.loop.call_soon_threadsafe(self.begin_shutdown)
+
+    # -- accepting ------------------------------------------------------------
+
+    def accept_from(self, listener: Listener) -> None:
+        connections = self.connections
+        for _ in range(ACCEPT_BATCH):
+            if len(connections) >= self.limit:
+                # At the cap: stop watching listeners until a slot frees, so the
+                # pending clients wait in the backlog instead of being dropped.
+                self.count("cap-reached")
+                self._pause_accepting()
+                return
+            try:
+                sock, peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue  # the client left before we got to it
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._out_of_descriptors(exc)
+                    return
+                raise
+            self.accepted(sock, peer)
+
+    def accepted(self, sock: socket.socket, peer) -> None:
+        self.counters["accepted"] += 1
+        if not self.backend.can_watch(sock.fileno()):
+            self._refuse_unwatchable(sock)
+            return
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            # Send each response as soon as it is written: Nagle's algorithm with
+            # the client's delayed ACK would otherwise stall it by ~40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(self, sock, peer)
+        self.connections.add(conn)
+        # Data often arrives with the connection: try to read it now rather
+        # than a turn later.
+        conn.on_readable()
+
+    def _refuse_unwatchable(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        self.count("refused-fd-limit")
+        if not self._warned_unwatchable:
+            self._warned_unwatchable = True
+            log.warning(
+                "backend %s cannot watch fd %d (limit %s): refusing such connections "
+                "with 503; a backend without the limit (%s) would take them",
+                self.backend.name,
+                fd,
+                self.backend.fd_limit,
+                ", ".join(n for n in backends.available() if n != self.backend.name),
+            )
+        else:
+            log.debug("refused connection on unwatchable fd %d", fd)
+        sock.setblocking(False)
+        try:
+            sock.send(_UNAVAILABLE)
+        except OSError:
+            pass
+        sock.close()
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        self.count("accept-fd-exhausted")
+        now = self.loop.now
+        if now - self._last_fd_warning >= FD_EXHAUSTED_LOG_INTERVAL:
+            self._last_fd_warning = now
+            log.warning("accept failed (%s): pausing accepting for %.2fs", exc, FD_EXHAUSTED_PAUSE)
+        self._pause_accepting()
+        self._paused_until = now + FD_EXHAUSTED_PAUSE
+        self.loop.call_later(FD_EXHAUSTED_PAUSE, self._resume_accepting)
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            for listener in self.listeners:
+                self.loop.unwatch(listener.fd)
+
+    def _resume_accepting(self) -> None:
+        if self._accepting or self.stopping or len(self.connections) >= self.limit:
+            return
+        if self.loop.now < self._paused_until:
+            return  # an fd-exhaustion pause is still running; its timer resumes us
+        self._accepting = True
+        for listener in self.listeners:
+            self.loop.watch(listener.fd, listener, READABLE)
+
+    # -- connections ----------------------------------------------------------
+
+    def connection_closed(self, conn: Connection, reason: str) -> None:
+        self.connections.discard(conn)
+        self.counters[reason] += 1
+        if not self._accepting:
+            self._resume_accepting()
+        if self.stopping and not self.connections:
+            self.loop.stop()
+
+    def count(self, what: str) -> None:
+        self.counters[what] += 1
+
+    def _refresh_date(self) -> None:
+        self.fixed = wire.date_line(time.time()) + self._server_line
+        # Refresh just after the next wall-clock second begins.
+        self.loop.call_later(1.0 - (time.time() % 1.0) + 0.001, self._refresh_date)
+
+    # -- stopping -------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting, close idle connections, let in-flight ones finish up to the deadline."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down: %d connections open", len(self.connections))
+        self._pause_accepting()
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close(SHUTDOWN)
+        if not self.connections:
+            self.loop.stop()
+            return
+        self.loop.call_later(self.config.shutdown_timeout, self._shutdown_deadline)
+
+    def _shutdown_deadline(self) -> None:
+        if self.connections:
+            log.warning("shutdown deadline: closing %d connections", len(self.connections))
+        for conn in list(self.connections):
+            conn.close("shutdown-deadline")
+        self.loop.stop()
+
+    def _close_everything(self) -> None:
+        for conn in list(self.connections):
+            conn.close(SHUTDOWN)
+        for listener in self.listeners:
+            self.loop.unwatch(listener.fd)
+            listener.close()
+        self.listeners.clear()
+        self.loop.close()
+
+
+def serve(app: Callable, **settings) -> None:
+    """Serve `app` until SIGTERM/SIGINT; `settings` are Config fields."""
+    raise_open_file_limit()
+    server = Server(app, **settings)
+    server.bind()
+    server.serve_forever()
