@@ -1,6 +1,7 @@
 """The native application interface: what an application receives and returns.
 
-An application is a callable `app(request) -> Response`.  It runs in the
+An application is a callable `app(request) -> Response`, marked with `@native`
+so that the command line does not take it for a WSGI application.  It runs in the
 event loop once the whole request (head and body) has arrived, so it must not
 block; WSGI applications get their own adapter (`wsgi.py`) on top of this.
 A `Response` body is bytes, a `FileBody` (sent with sendfile), or any other
@@ -10,24 +11,72 @@ Content-Length; its `close()` is called on every path).
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable
+from typing import BinaryIO
+
+
+def native(app):
+    """Mark `app` as a native application (`app(request) -> Response`).
+
+    The command line serves unmarked callables as WSGI applications, the
+    common case; this marker is how it tells the two kinds apart.
+    """
+    app.selserve_native = True
+    return app
+
+
+def is_native(app) -> bool:
+    return getattr(app, "selserve_native", False) is True
 
 
 class Request:
     """One complete request as the application sees it."""
 
-    __slots__ = ("method", "target", "path", "query", "version", "headers", "body", "peer")
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "version",
+        "headers",
+        "peer",
+        "local",
+        "_body",
+    )
 
-    def __init__(self, head, body: bytes, peer) -> None:
+    def __init__(self, head, body: bytes | BinaryIO = b"", peer=None, local=None) -> None:
         self.method: str = head.method
         self.target: str = head.target
         self.path: str = head.path  # still percent-encoded
         self.query: str = head.query
         self.version: str = head.version
         self.headers: list[tuple[str, str]] = head.headers  # names lower-cased
-        self.body = body
         self.peer = peer  # (host, port) for TCP, the path (often "") for Unix sockets
+        self.local = local  # the listening address: (host, port) or a Unix socket path
+        # bytes for a small body, a temporary file (at position 0) for one spilled to disk.
+        self._body = body
+
+    @property
+    def body(self) -> bytes:
+        """The whole request body (read from disk if it was spilled there)."""
+        body = self._body
+        if isinstance(body, bytes):
+            return body
+        position = body.tell()
+        body.seek(0)
+        data = body.read()
+        body.seek(position)
+        return data
+
+    @property
+    def stream(self) -> BinaryIO:
+        """The request body as a readable binary file, positioned at its start."""
+        body = self._body
+        if isinstance(body, bytes):
+            body = self._body = io.BytesIO(body)
+        return body
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header `name` (case-insensitive)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import typing
 
@@ -18,7 +19,6 @@ from . import backends
 from .config import Config, settings
 from .server import BindError, Server, raise_open_file_limit
 
-DEFAULT_APP = "selserve.demo:app"
 USAGE_ERROR = 2
 
 
@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "app",
         nargs="?",
-        default=DEFAULT_APP,
-        help="the application to serve, as module:callable",
+        help="a WSGI application as module:callable (or module:factory() to call a factory); "
+        "without one, the --root directory is served",
     )
     parser.add_argument(
         "--list-backends", action="store_true", help="print the backends usable here and exit"
@@ -54,16 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         if field.metadata.get("metavar"):
             common["metavar"] = field.metadata["metavar"]
         if typing.get_origin(kind) is list:
-            parser.add_argument(flag, action="append", **common)
+            common["help"] += f" (default: {', '.join(field.default_factory()) or 'none'})"
+            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, **common)
+        elif kind is bool:
+            common.pop("metavar", None)
+            parser.add_argument(flag, action="store_true", **common)
         else:
             parser.add_argument(flag, type=kind, default=field.default, **common)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    values = {field.name: getattr(args, field.name) for field in settings()}
-    if values["binds"] is None:
-        del values["binds"]  # the default
+    values = {f.name: getattr(args, f.name) for f in settings() if hasattr(args, f.name)}
     try:
         config = Config(**values)
         backends.backend_class(config.backend)
@@ -73,8 +75,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def load_app(spec: str):
-    """Import 'module:callable' (the callable may be a dotted attribute path)."""
+    """Import 'module:callable' (a dotted attribute path; 'module:factory()' calls it)."""
     module_name, sep, attr_path = spec.partition(":")
+    call_factory = attr_path.endswith("()")
+    if call_factory:
+        attr_path = attr_path[:-2]
     if not sep or not module_name or not attr_path:
         raise UsageError(f"application {spec!r} must be written module:callable")
     try:
@@ -90,7 +95,54 @@ def load_app(spec: str):
             raise UsageError(f"module {module_name!r} has no attribute {attr_path!r}") from None
     if not callable(target):
         raise UsageError(f"{spec!r} is a {type(target).__name__}, not a callable application")
+    if call_factory:
+        try:
+            target = target()
+        except Exception as exc:
+            raise UsageError(f"factory {spec!r} failed: {type(exc).__name__}: {exc}") from None
+        if not callable(target):
+            raise UsageError(f"factory {spec!r} returned a {type(target).__name__}, not an app")
     return target
+
+
+def build_app(spec: str | None, config: Config):
+    """The native application the server runs, from the APP argument and the settings."""
+    from .app import is_native
+    from .static import StaticFiles, mount
+
+    def static_files(root: str) -> StaticFiles:
+        if not os.path.isdir(root):
+            raise UsageError(f"{root!r} is not a directory (--root / --static need one)")
+        return StaticFiles(
+            root,
+            listing=not config.no_listing,
+            follow_symlinks=config.follow_symlinks,
+            precompressed=config.precompressed,
+        )
+
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            raise UsageError(f"--chdir {config.chdir!r}: {exc.strerror}") from None
+    if spec is None:
+        app = static_files(config.root)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        app = load_app(spec)
+        if not is_native(app):
+            from .wsgi import WSGIAdapter
+
+            app = WSGIAdapter(
+                app,
+                root_path=config.root_path,
+                expose_tracebacks=config.expose_tracebacks,
+                multithread=config.threads > 0,
+            )
+    if config.static:
+        app = mount(app, [(prefix, static_files(d)) for prefix, d in config.static_mounts])
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-        app = load_app(args.app)
+        app = build_app(args.app, config)
         raise_open_file_limit()
         server = Server(app, config)
         server.bind()

@@ -64,12 +64,40 @@ class Config:
     )
     max_headers: int = _setting(100, "most header fields in one request (else 431)", metavar="N")
     max_body_size: int = _setting(
-        16 * 1024 * 1024, "largest request body in bytes (else 413)", metavar="B"
+        1024 * 1024 * 1024, "largest request body in bytes (else 413)", metavar="B"
+    )
+    body_spill_threshold: int = _setting(
+        1024 * 1024, "request bodies larger than this wait in a temporary file", metavar="B"
     )
     high_water: int = _setting(
         256 * 1024, "pause a streamed body when this many bytes wait to be sent", metavar="B"
     )
     low_water: int = _setting(64 * 1024, "resume a paused body below this many bytes", metavar="B")
+    # -- what is served
+    root: str = _setting(".", "directory served when no APP is given", metavar="DIR")
+    no_listing: bool = _setting(False, "answer 403 for directories without index.html")
+    follow_symlinks: bool = _setting(False, "serve symlinks that lead outside --root")
+    precompressed: bool = _setting(
+        False, "serve FILE.br / FILE.gz beside FILE to clients that accept them"
+    )
+    static: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "serve DIR under URL PREFIX in front of the app (repeatable)",
+            "metavar": "PREFIX=DIR",
+        },
+    )
+    chdir: str = _setting(
+        "", "change to DIR before importing APP (it goes on sys.path)", metavar="DIR"
+    )
+    threads: int = _setting(
+        0, "run WSGI apps in a pool of N threads; 0 runs them inline", metavar="N"
+    )
+    root_path: str = _setting(
+        "", "WSGI SCRIPT_NAME: the URL prefix the app is mounted at", metavar="P"
+    )
+    expose_tracebacks: bool = _setting(False, "show application tracebacks in 500 responses")
+    # -- operations
     log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
     server_header: str = _setting(
         "selserve", "value of the Server header ('' to omit)", metavar="S"
@@ -94,7 +122,14 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_dash(name)} must be greater than 0")
-        for name in ("shutdown_timeout", "max_connections", "max_body_size", "low_water"):
+        for name in (
+            "shutdown_timeout",
+            "max_connections",
+            "max_body_size",
+            "low_water",
+            "body_spill_threshold",
+            "threads",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_dash(name)} must be 0 or more")
         if self.low_water > self.high_water:
@@ -105,6 +140,21 @@ class Config:
             raise ValueError("--server-header must not contain CR, LF or NUL")
         if not self.binds:
             raise ValueError("at least one --bind address is needed")
+        for mount in self.static:
+            prefix, sep, directory = mount.partition("=")
+            if not sep or not prefix.startswith("/") or not directory:
+                raise ValueError(f"--static {mount!r} must be PREFIX=DIR, e.g. /assets=./public")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ValueError("--root-path must start with / and not end with one, e.g. /app")
+
+    @property
+    def static_mounts(self) -> list[tuple[str, str]]:
+        """--static values as (URL prefix without trailing slash, directory)."""
+        mounts = []
+        for mount in self.static:
+            prefix, _, directory = mount.partition("=")
+            mounts.append((prefix.rstrip("/") or "/", directory))
+        return mounts
 
     @property
     def connection_limit(self) -> int:
@@ -118,3 +168,18 @@ def settings() -> list[dataclasses.Field]:
 
 def _dash(name: str) -> str:
     return name.replace("_", "-")
+
+
+def markdown_table() -> str:
+    """The settings as the README's Markdown table (a test keeps the README in step)."""
+    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    for item in settings():
+        flag = item.metadata.get("flag") or "--" + _dash(item.name)
+        if item.default_factory is not dataclasses.MISSING:
+            default = ", ".join(item.default_factory()) or "none"
+        elif isinstance(item.default, bool):
+            default = "off"
+        else:
+            default = str(item.default) if item.default != "" else '""'
+        rows.append(f"| `{flag}` | `{default}` | {item.metadata['help']} |")
+    return "\n".join(rows)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
+import tempfile
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import app as native
 from .backends import READABLE, WRITABLE
@@ -68,6 +69,9 @@ class Connection:
         "timeout_reason",
         "head",
         "body",
+        "body_size",
+        "spill",
+        "local",
         "head_started",
         "keep_alive",
         "producer",
@@ -79,18 +83,21 @@ class Connection:
         "linger",
     )
 
-    def __init__(self, server: Server, sock: socket.socket, peer) -> None:
+    def __init__(self, server: Server, sock: socket.socket, peer, local=None) -> None:
         config = server.config
         self.server = server
         self.loop = server.loop
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
+        self.local = local
         self.parser = RequestParser(**server.parser_limits)
         self.out = WriteBuffer(config.high_water, config.low_water)
         self.state = READING
         self.head: Request | None = None
-        self.body: list[bytes] = []
+        self.body: list[bytes] = []  # the request body so far, while it is small
+        self.body_size = 0
+        self.spill = None  # a temporary file holding the body once it grew large
         self.head_started = False
         self.keep_alive = True
         self.producer = None  # iterator of a streamed body, while one is being pulled
@@ -168,7 +175,7 @@ class Connection:
                 return
             kind = type(event)
             if kind is Data:
-                self.body.append(event.data)
+                self._keep_body(event.data)
                 self._arm(self.server.config.body_timeout, "body-timeout")
             elif kind is Request:
                 self._start_request(event)
@@ -182,6 +189,29 @@ class Connection:
             elif event is PAUSED:  # cannot happen while READING; be safe
                 parser.start_next_request()
 
+    def _keep_body(self, data: bytes) -> None:
+        """Hold request body bytes: in memory while small, in a temporary file beyond."""
+        self.body_size += len(data)
+        if self.spill is not None:
+            self.spill.write(data)
+        elif self.body_size > self.server.config.body_spill_threshold:
+            self.spill = tempfile.TemporaryFile()
+            self.spill.writelines(self.body)
+            self.spill.write(data)
+            self.body = []
+        else:
+            self.body.append(data)
+
+    def _take_body(self) -> bytes | BinaryIO:
+        if self.spill is not None:
+            self.spill.seek(0)
+            return self.spill
+        body = self.body
+        self.body = []
+        if not body:
+            return b""
+        return body[0] if len(body) == 1 else b"".join(body)
+
     def _start_request(self, head: Request) -> None:
         self.head = head
         if head.has_body:
@@ -194,12 +224,11 @@ class Connection:
 
     def _respond(self) -> None:
         head = self.head
-        body = b"".join(self.body) if self.body else b""
-        self.body = []
         self.requests += 1
         self.server.requests += 1
+        request = native.Request(head, self._take_body(), self.peer, self.local)
         try:
-            response = self.server.app(native.Request(head, body, self.peer))
+            response = self.server.app(request)
         except Exception:
             log.exception("application error on %s %s", head.method, head.target)
             response = None
@@ -342,6 +371,7 @@ class Connection:
 
     def _response_complete(self) -> None:
         self._release_body()
+        self._drop_spill()
         self.head = None
         self.head_started = False
         self.chunked = False
@@ -426,6 +456,7 @@ class Connection:
         self.timer.cancel()
         self.producer = None
         self._release_body()
+        self._drop_spill()
         self.out.clear()
         if exc is not None:
             log.debug("%r closed: %s (%s)", self, reason, exc)
@@ -443,6 +474,12 @@ class Connection:
                 close()
             except Exception:
                 log.exception("error closing the response body of %r", self)
+
+    def _drop_spill(self) -> None:
+        self.body_size = 0
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
 
     # -- helpers --------------------------------------------------------------
 

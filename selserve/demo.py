@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from .app import Request, Response
+from .app import Request, Response, native
 
 GREETING = b"Hello from selserve!\n"
 TEXT = [("Content-Type", "text/plain; charset=utf-8")]
@@ -21,6 +21,7 @@ MAX_STREAM_CHUNK_SIZE = 1024 * 1024
 STREAM_FILL = b"x"
 
 
+@native
 def app(request: Request) -> Response:
     path = request.path
     if path == "/":

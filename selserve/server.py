@@ -112,7 +112,7 @@ def raise_open_file_limit() -> int:
 class Listener:
     """A listening socket as a loop handler: readable means 'connections are waiting'."""
 
-    __slots__ = ("server", "sock", "fd", "address", "unix_path")
+    __slots__ = ("server", "sock", "fd", "address", "unix_path", "local")
 
     def __init__(self, server: Server, sock: socket.socket, address: str) -> None:
         self.server = server
@@ -120,6 +120,8 @@ class Listener:
         self.fd = sock.fileno()
         self.address = address
         self.unix_path = address[5:] if sock.family == socket.AF_UNIX else None
+        # What applications see as the server's address (port 0 resolved).
+        self.local = self.unix_path if self.unix_path is not None else sock.getsockname()[:2]
 
     def on_readable(self) -> None:
         self.server.accept_from(self)
@@ -241,9 +243,9 @@ class Server:
                     self._out_of_descriptors(exc)
                     return
                 raise
-            self.accepted(sock, peer)
+            self.accepted(sock, peer, listener.local)
 
-    def accepted(self, sock: socket.socket, peer) -> None:
+    def accepted(self, sock: socket.socket, peer, local=None) -> None:
         self.counters["accepted"] += 1
         if not self.backend.can_watch(sock.fileno()):
             self._refuse_unwatchable(sock)
@@ -253,7 +255,7 @@ class Server:
             # Send each response as soon as it is written: Nagle's algorithm with
             # the client's delayed ACK would otherwise stall it by ~40 ms.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(self, sock, peer)
+        conn = Connection(self, sock, peer, local)
         self.connections.add(conn)
         # Data often arrives with the connection: try to read it now rather
         # than a turn later.

@@ -1,0 +1,213 @@
+"""The event loop: dispatch, stale events, handler failures, timers, wake-ups, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from selserve import backends
+from selserve.backends import READABLE
+from selserve.loop import EventLoop
+
+pytestmark = pytest.mark.timeout(20)
+
+
+@pytest.fixture(params=backends.available())
+def loop(request):
+    loop = EventLoop(backends.create(request.param))
+    yield loop
+    loop.close()
+
+
+class Recorder:
+    """A handler that records its calls and runs an optional action on readability."""
+
+    def __init__(self, sock: socket.socket, action=None):
+        self.sock = sock
+        self.action = action
+        self.calls: list[str] = []
+
+    def on_readable(self):
+        self.calls.append("readable")
+        if self.action:
+            self.action(self)
+
+    def on_writable(self):
+        self.calls.append("writable")
+
+    def on_error(self, exc):
+        self.calls.append(f"error:{type(exc).__name__}")
+
+
+def readable_pair():
+    """A connected socket pair whose first end is readable."""
+    a, b = socket.socketpair()
+    b.send(b"x")
+    return a, b
+
+
+def test_event_for_handler_closed_earlier_in_batch_is_skipped_even_if_fd_reused(loop):
+    (a1, b1), (a2, b2) = readable_pair(), readable_pair()
+    fresh_a, fresh_b = readable_pair()
+    victims = {}
+    replacement = Recorder(None)
+
+    def close_the_other(me):
+        other = victims["second"] if me is victims["first"] else victims["first"]
+        fd = other.sock.fileno()
+        loop.unwatch(fd)
+        other.sock.close()
+        # A new connection takes the very same fd number within the batch.
+        os.dup2(fresh_a.fileno(), fd)
+        replacement.sock = socket.socket(fileno=fd)
+        loop.watch(fd, replacement, READABLE)
+        victims["closed"] = other
+
+    victims["first"] = Recorder(a1, close_the_other)
+    victims["second"] = Recorder(a2, close_the_other)
+    loop.watch(a1.fileno(), victims["first"], READABLE)
+    loop.watch(a2.fileno(), victims["second"], READABLE)
+
+    loop.run_once()
+
+    closed = victims["closed"]
+    survivor = victims["first"] if closed is victims["second"] else victims["second"]
+    assert survivor.calls == ["readable"]
+    assert closed.calls == []
+    assert replacement.calls == []  # the batch's event was for the old socket
+    loop.run_once()
+    assert replacement.calls == ["readable"]  # the new socket is served normally
+    for s in (b1, b2, survivor.sock, replacement.sock, fresh_a, fresh_b):
+        s.close()
+
+
+def test_handler_exception_closes_that_handler_and_loop_goes_on(loop, caplog):
+    (a1, b1), (a2, b2) = readable_pair(), readable_pair()
+
+    def explode(_):
+        raise RuntimeError("bug in one connection")
+
+    def unwatch_after_error(handler):
+        loop.unwatch(handler.sock.fileno())
+
+    bad = Recorder(a1, explode)
+    good = Recorder(a2, lambda h: h.sock.recv(1))
+    bad_error = bad.on_error
+    bad.on_error = lambda exc: (bad_error(exc), unwatch_after_error(bad))
+    loop.watch(a1.fileno(), bad, READABLE)
+    loop.watch(a2.fileno(), good, READABLE)
+
+    loop.run_once()
+
+    assert bad.calls == ["readable", "error:RuntimeError"]
+    assert good.calls == ["readable"]
+    assert "bug in one connection" in caplog.text
+    b2.send(b"y")
+    loop.run_once()
+    assert good.calls == ["readable", "readable"]
+    for s in (a1, b1, a2, b2):
+        s.close()
+
+
+def test_set_interest_without_change_makes_no_backend_call(loop):
+    a, b = socket.socketpair()
+    loop.watch(a.fileno(), Recorder(a), READABLE)
+    calls = []
+    original = loop.backend.modify
+    loop.backend.modify = lambda *args: (calls.append(args), original(*args))
+    loop.set_interest(a.fileno(), READABLE)
+    assert calls == []
+    loop.set_interest(a.fileno(), READABLE | backends.WRITABLE)
+    assert len(calls) == 1
+    a.close()
+    b.close()
+
+
+def test_timers_fire_in_order_and_cancelled_ones_do_not(loop):
+    fired = []
+    loop.call_later(0.03, lambda: fired.append("late"))
+    loop.call_later(0.01, lambda: fired.append("early"))
+    cancelled = loop.call_later(0.02, lambda: fired.append("cancelled"))
+    cancelled.cancel()
+    loop.call_later(0.05, loop.stop)
+    loop.run()
+    assert fired == ["early", "late"]
+
+
+def test_rescheduling_later_delays_the_timer(loop):
+    fired = []
+    timer = loop.call_later(0.01, lambda: fired.append(loop.time()))
+    start = loop.time()
+    timer.reschedule(start + 0.08)
+    loop.call_later(0.15, loop.stop)
+    loop.run()
+    assert len(fired) == 1
+    assert fired[0] - start >= 0.08
+
+
+def test_rescheduling_earlier_fires_once_at_the_earlier_time(loop):
+    fired = []
+    timer = loop.call_later(5, lambda: fired.append(loop.time()))
+    start = loop.time()
+    timer.reschedule(start + 0.02)
+    loop.call_later(0.1, loop.stop)
+    loop.run()
+    assert len(fired) == 1
+    assert fired[0] - start < 1
+
+
+def test_fired_timer_can_be_rearmed(loop):
+    fired = []
+    timer = loop.call_later(0.01, lambda: fired.append(1))
+    loop.call_later(0.05, lambda: timer.reschedule(loop.time() + 0.01))
+    loop.call_later(0.15, loop.stop)
+    loop.run()
+    assert fired == [1, 1]
+
+
+def test_cancelled_timers_do_not_pile_up_in_the_heap(loop):
+    for _ in range(5000):
+        loop.call_later(0.001, lambda: None).cancel()
+    keeper = loop.call_later(0.002, lambda: None)
+    loop.call_later(0.02, loop.stop)
+    loop.run()
+    assert len(loop._timers) < 600
+    keeper.cancel()
+
+
+def test_call_soon_threadsafe_wakes_a_blocked_select(loop):
+    woke = []
+    thread = threading.Timer(0.1, loop.call_soon_threadsafe, args=(lambda: woke.append(1),))
+    thread.start()
+    loop.call_soon(lambda: None)
+    started = time.monotonic()
+    while not woke and time.monotonic() - started < 5:
+        loop.run_once()  # no timers: blocks in select() until woken
+    thread.join()
+    assert woke == [1]
+    assert time.monotonic() - started < 2
+
+
+def test_stop_from_another_thread_ends_run(loop):
+    threading.Timer(0.1, loop.stop).start()
+    started = time.monotonic()
+    loop.run()
+    assert time.monotonic() - started < 2
+
+
+def test_signal_handler_runs_in_the_loop(loop):
+    got = []
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: (got.append(1), loop.stop()))
+        threading.Timer(0.1, os.kill, args=(os.getpid(), signal.SIGUSR1)).start()
+        loop.call_later(5, loop.stop)
+        loop.run()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert got == [1]

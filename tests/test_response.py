@@ -1,0 +1,133 @@
+"""Response serialisation: framing decisions, header checks, chunks, error answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from selserve.http import response as wire
+
+FIXED = b"Date: Fri, 27 Nov 2026 14:00:00 GMT\r\nServer: t\r\n"
+
+
+def head(status=200, headers=(), *, method="GET", http11=True, keep_alive=True, length=None):
+    return wire.build_head(
+        status,
+        list(headers),
+        method=method,
+        http11=http11,
+        keep_alive=keep_alive,
+        body_length=length,
+        fixed=FIXED,
+    )
+
+
+def lines(framing) -> list[bytes]:
+    assert framing.data.endswith(b"\r\n\r\n")
+    return framing.data[:-4].split(b"\r\n")
+
+
+def test_known_length_gets_content_length():
+    framing = head(headers=[("Content-Type", "text/plain")], length=5)
+    assert lines(framing) == [
+        b"HTTP/1.1 200 OK",
+        b"Date: Fri, 27 Nov 2026 14:00:00 GMT",
+        b"Server: t",
+        b"Content-Type: text/plain",
+        b"Content-Length: 5",
+    ]
+    assert framing.keep_alive and not framing.chunked
+
+
+def test_streamed_body_on_http11_is_chunked():
+    framing = head()
+    assert b"Transfer-Encoding: chunked" in lines(framing)
+    assert framing.chunked
+
+
+def test_streamed_body_with_app_content_length_is_not_chunked():
+    framing = head(headers=[("Content-Length", "42")])
+    assert b"Content-Length: 42" in lines(framing)
+    assert not framing.chunked and framing.content_length == 42
+
+
+def test_streamed_body_on_http10_is_close_delimited():
+    framing = head(http11=False, keep_alive=True)
+    assert not framing.chunked and not framing.keep_alive
+    assert not any(line.startswith(b"Connection") for line in lines(framing))
+
+
+def test_http10_keep_alive_is_announced():
+    framing = head(http11=False, keep_alive=True, length=3)
+    assert b"Connection: keep-alive" in lines(framing)
+
+
+def test_http11_close_is_announced():
+    assert b"Connection: close" in lines(head(keep_alive=False, length=0))
+
+
+def test_app_connection_close_ends_keep_alive():
+    framing = head(headers=[("Connection", "close")], length=0)
+    assert not framing.keep_alive
+    assert lines(framing).count(b"Connection: close") == 1
+
+
+def test_app_transfer_encoding_is_not_copied():
+    framing = head(headers=[("Transfer-Encoding", "gzip")], length=2)
+    assert b"Transfer-Encoding: gzip" not in lines(framing)
+
+
+@pytest.mark.parametrize("status", [204, 304, 101])
+def test_no_body_statuses(status):
+    framing = head(status, length=0)
+    assert not framing.has_body
+    assert not framing.chunked
+
+
+def test_204_never_has_content_length():
+    assert not any(line.startswith(b"Content-Length") for line in lines(head(204, length=0)))
+
+
+def test_head_keeps_content_length_and_has_no_body():
+    framing = head(method="HEAD", length=1234)
+    assert b"Content-Length: 1234" in lines(framing)
+    assert not framing.has_body
+
+
+@pytest.mark.parametrize("value", ["a\r\nSet-Cookie: x=1", "a\nb", "a\rb", "a\0b"])
+def test_header_values_with_cr_lf_nul_are_refused(value):
+    with pytest.raises(wire.InvalidHeader):
+        head(headers=[("X-Test", value)])
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "X:Y", "", "X\r\nY"])
+def test_invalid_header_names_are_refused(name):
+    with pytest.raises(wire.InvalidHeader):
+        head(headers=[(name, "v")])
+
+
+def test_invalid_app_content_length_is_refused():
+    with pytest.raises(wire.InvalidHeader):
+        head(headers=[("Content-Length", "-1")])
+
+
+def test_unknown_status_gets_a_generic_reason():
+    assert wire.status_line(599) == b"HTTP/1.1 599 Unknown\r\n"
+    with pytest.raises(wire.InvalidHeader):
+        wire.status_line(42)
+
+
+def test_chunk_framing():
+    assert wire.chunk(b"hello world!!!!!") == b"10\r\nhello world!!!!!\r\n"
+    assert wire.LAST_CHUNK == b"0\r\n\r\n"
+
+
+def test_error_response_is_complete_and_closes():
+    data = wire.error_response(431, "too many headers", FIXED)
+    head_part, body = data.split(b"\r\n\r\n", 1)
+    assert head_part.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b"Connection: close" in head_part
+    assert b"Content-Length: %d" % len(body) in head_part
+
+
+def test_date_line_is_imf_fixdate():
+    assert wire.date_line(0) == b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
