@@ -195,7 +195,7 @@ class Connection:
         if self.spill is not None:
             self.spill.write(data)
         elif self.body_size > self.server.config.body_spill_threshold:
-            self.spill = tempfile.TemporaryFile()
+            self.spill = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _drop_spill)
             self.spill.writelines(self.body)
             self.spill.write(data)
             self.body = []
