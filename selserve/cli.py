@@ -108,9 +108,10 @@ def load_app(spec: str):
 def build_app(spec: str | None, config: Config):
     """The native application the server runs, from the APP argument and the settings."""
     from .app import is_native
-    from .static import StaticFiles, mount
 
-    def static_files(root: str) -> StaticFiles:
+    def static_files(root: str):
+        from .static import StaticFiles
+
         if not os.path.isdir(root):
             raise UsageError(f"{root!r} is not a directory (--root / --static need one)")
         return StaticFiles(
@@ -141,6 +142,8 @@ def build_app(spec: str | None, config: Config):
                 multithread=config.threads > 0,
             )
     if config.static:
+        from .static import mount
+
         app = mount(app, [(prefix, static_files(d)) for prefix, d in config.static_mounts])
     return app
 

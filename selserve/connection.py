@@ -26,6 +26,7 @@ from .buffer import WriteBuffer
 from .http import response as wire
 from .http.errors import HTTPError
 from .http.parser import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, Request, RequestParser
+from .workers import WAIT
 
 if TYPE_CHECKING:
     from .server import Server
@@ -81,6 +82,8 @@ class Connection:
         "watching",
         "requests",
         "linger",
+        "in_app",
+        "producer_waiting",
     )
 
     def __init__(self, server: Server, sock: socket.socket, peer, local=None) -> None:
@@ -106,6 +109,8 @@ class Connection:
         self.remaining: int | None = None  # bytes a streamed body still owes its Content-Length
         self.requests = 0
         self.linger = False  # after a refusal the client may still be sending
+        self.in_app = False  # a worker thread is running the app for this connection
+        self.producer_waiting = False  # a threaded body has nothing yet; resume() follows
         self.timeout_reason = "header-timeout"
         self.timer = self.loop.call_later(config.header_timeout, self.on_timeout)
         self.watching = READABLE
@@ -227,11 +232,48 @@ class Connection:
         self.requests += 1
         self.server.requests += 1
         request = native.Request(head, self._take_body(), self.peer, self.local)
+        pool = self.server.pool
+        if pool is not None:
+            # Until the worker answers, neither read (pipelined input would pile
+            # up) nor time out: how long an app runs is the app's business.
+            self.state = RESPONDING
+            self.in_app = True
+            self._watch(0)
+            self.timer.cancel()
+            pool.submit(self.server.app, request, self)
+            return
         try:
             response = self.server.app(request)
         except Exception:
             log.exception("application error on %s %s", head.method, head.target)
             response = None
+        self._answer(response)
+
+    def app_returned(self, response) -> None:
+        """A worker's result, delivered in the loop."""
+        self.in_app = False
+        if self.state is CLOSED_STATE:
+            # The client left while the app ran: release what the app handed us.
+            body = getattr(response, "body", None)
+            if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+                self.closeable = body
+                self._release_body()
+            self._drop_spill()
+            return
+        self.state = READING  # _answer takes it from here, as for an inline app
+        self._answer(response)
+        if self.state is READING:
+            self._advance()
+
+    def resume(self) -> None:
+        """A threaded body has more to send (called in the loop)."""
+        if self.state is RESPONDING and self.producer_waiting:
+            self.producer_waiting = False
+            self._pump()
+            if self.state is READING:
+                self._advance()
+
+    def _answer(self, response) -> None:
         if not isinstance(response, native.Response):
             if response is not None:
                 log.error("application returned %r, not a Response", type(response).__name__)
@@ -303,7 +345,11 @@ class Connection:
         out = self.out
         produced = 0
         while True:
-            if self.producer is not None and out.size <= out.low_water:
+            if (
+                self.producer is not None
+                and out.size <= out.low_water
+                and not self.producer_waiting
+            ):
                 produced += self._produce()
                 if self.state is not RESPONDING:
                     return  # the producer failed and the connection closed
@@ -318,6 +364,10 @@ class Connection:
                 return
             if self.producer is None:
                 self._response_complete()
+                return
+            if self.producer_waiting:
+                self._watch(0)  # nothing to send until resume()
+                self.timer.cancel()
                 return
             if produced >= PRODUCE_BUDGET:
                 # The socket would take more, but others deserve a turn; being
@@ -343,6 +393,9 @@ class Connection:
                 return added
             if not piece:
                 continue
+            if piece is WAIT:
+                self.producer_waiting = True
+                return added
             if self.remaining is not None:
                 if len(piece) > self.remaining:
                     log.error("%s: body longer than its Content-Length", self.head.target)
@@ -456,7 +509,8 @@ class Connection:
         self.timer.cancel()
         self.producer = None
         self._release_body()
-        self._drop_spill()
+        if not self.in_app:  # else the worker may still read it: app_returned drops it
+            self._drop_spill()
         self.out.clear()
         if exc is not None:
             log.debug("%r closed: %s (%s)", self, reason, exc)
@@ -484,9 +538,16 @@ class Connection:
     # -- helpers --------------------------------------------------------------
 
     def _watch(self, events: int) -> None:
-        if self.watching != events:
-            self.watching = events
+        """Watch the socket for `events`; 0 stops watching it altogether."""
+        if self.watching == events:
+            return
+        if not events:
+            self.loop.unwatch(self.fd)
+        elif not self.watching:
+            self.loop.watch(self.fd, self, events)
+        else:
             self.loop.set_interest(self.fd, events)
+        self.watching = events
 
     def _arm(self, delay: float, reason: str) -> None:
         self.timeout_reason = reason

@@ -29,6 +29,7 @@ from .config import Config
 from .connection import SHUTDOWN, Connection
 from .http import response as wire
 from .loop import EventLoop
+from .workers import WorkerPool
 
 log = logging.getLogger("selserve")
 
@@ -165,6 +166,11 @@ class Server:
             "max_headers": self.config.max_headers,
             "max_body_size": self.config.max_body_size,
         }
+        self.pool = (
+            WorkerPool(self.loop, self.config.threads, self.config.high_water)
+            if self.config.threads
+            else None
+        )
         self.stopping = False
         self.requests = 0
         self.counters: Counter[str] = Counter()
@@ -356,6 +362,8 @@ class Server:
     def _close_everything(self) -> None:
         for conn in list(self.connections):
             conn.close(SHUTDOWN)
+        if self.pool is not None:
+            self.pool.shutdown()
         for listener in self.listeners:
             self.loop.unwatch(listener.fd)
             listener.close()

@@ -1,0 +1,149 @@
+"""A thread pool for applications that block (`--threads N`).
+
+The loop hands a complete request to a worker thread, which calls the
+application.  For a streamed body the same worker goes on pulling pieces into
+a `ThreadedBody`, a small hand-over queue bounded by the write buffer's high
+water mark: the worker waits while the queue is full, so a generator yielding
+gigabytes to a slow client holds at most that much memory.  Results reach the
+loop only through `call_soon_threadsafe`; a worker never touches a socket or a
+connection's state.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .app import FileBody, Response
+
+log = logging.getLogger("selserve")
+
+
+class _Wait:
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+# Yielded by a body iterator that has nothing yet; it calls its `resume` later.
+WAIT = _Wait()
+
+
+class ThreadedBody:
+    """A response body pulled in a worker thread and consumed in the loop."""
+
+    def __init__(self, iterable, loop, resume: Callable[[], Any], limit: int) -> None:
+        self._iterable = iterable
+        self._loop = loop
+        self._resume = resume
+        self._limit = limit
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._cond = threading.Condition()
+        self._done = False
+        self._error: BaseException | None = None
+        self._abandoned = False
+        self._consumer_waiting = False
+
+    # -- the worker's side -------------------------------------------------
+
+    def run(self) -> None:
+        """Pull the app's pieces until the end, an error or abandonment; then close it."""
+        try:
+            for piece in self._iterable:
+                if not piece:
+                    continue
+                with self._cond:
+                    while self._size >= self._limit and not self._abandoned:
+                        self._cond.wait()
+                    if self._abandoned:
+                        break
+                    self._pieces.append(piece)
+                    self._size += len(piece)
+                    wake = self._consumer_waiting
+                    self._consumer_waiting = False
+                if wake:
+                    self._loop.call_soon_threadsafe(self._resume)
+        except Exception as exc:
+            self._error = exc
+        finally:
+            _close_quietly(self._iterable)
+            with self._cond:
+                self._done = True
+                wake = self._consumer_waiting
+                self._consumer_waiting = False
+            if wake:
+                self._loop.call_soon_threadsafe(self._resume)
+
+    # -- the loop's side ---------------------------------------------------
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._cond:
+            if self._pieces:
+                piece = self._pieces.popleft()
+                self._size -= len(piece)
+                self._cond.notify()
+                return piece
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                raise StopIteration
+            self._consumer_waiting = True
+            return WAIT
+
+    def close(self) -> None:
+        """The connection is done with the body (finished or gone): stop the worker."""
+        with self._cond:
+            self._abandoned = True
+            self._pieces.clear()
+            self._cond.notify_all()
+
+
+class WorkerPool:
+    """N threads that run the application and pull streamed bodies."""
+
+    def __init__(self, loop, size: int, body_limit: int) -> None:
+        self._loop = loop
+        self._body_limit = body_limit
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="selserve-worker")
+
+    def submit(self, app, request, connection) -> None:
+        """Run `app(request)`; the result goes to `connection.app_returned` in the loop."""
+        self._executor.submit(self._run, app, request, connection)
+
+    def _run(self, app, request, connection) -> None:
+        try:
+            response = app(request)
+        except Exception:
+            log.exception("application error on %s %s", request.method, request.target)
+            response = None
+        body = getattr(response, "body", None)
+        if not isinstance(response, Response) or isinstance(
+            body, (bytes, bytearray, memoryview, FileBody)
+        ):
+            self._loop.call_soon_threadsafe(connection.app_returned, response)
+            return
+        threaded = ThreadedBody(body, self._loop, connection.resume, self._body_limit)
+        streamed = Response(response.status, response.headers, threaded)
+        self._loop.call_soon_threadsafe(connection.app_returned, streamed)
+        threaded.run()
+
+    def shutdown(self) -> None:
+        # Running apps finish on their own; queued ones are dropped (their
+        # connections are being closed by the server).
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _close_quietly(iterable) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("error closing the response body")
