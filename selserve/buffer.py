@@ -145,6 +145,23 @@ class WriteBuffer:
         if piece.count == 0:
             self._pieces.popleft()
 
+    def truncate(self, size: int) -> None:
+        """Drop the newest bytes until `size` remain (unsent output being replaced)."""
+        pieces = self._pieces
+        while self.size > size:
+            last = pieces[-1]
+            excess = self.size - size
+            length = last.count if type(last) is FileRange else len(last)
+            if length <= excess:
+                pieces.pop()
+                self.size -= length
+            elif type(last) is FileRange:
+                last.count -= excess
+                self.size = size
+            else:
+                pieces[-1] = last[: length - excess]
+                self.size = size
+
     def clear(self) -> None:
         self._pieces.clear()
         self.size = 0

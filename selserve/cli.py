@@ -139,6 +139,7 @@ def build_app(spec: str | None, config: Config):
                 app,
                 root_path=config.root_path,
                 expose_tracebacks=config.expose_tracebacks,
+                url_scheme=config.url_scheme,
                 multithread=config.threads > 0,
             )
     if config.static:

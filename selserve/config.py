@@ -97,6 +97,9 @@ class Config:
         "", "WSGI SCRIPT_NAME: the URL prefix the app is mounted at", metavar="P"
     )
     expose_tracebacks: bool = _setting(False, "show application tracebacks in 500 responses")
+    url_scheme: str = _setting(
+        "http", "WSGI wsgi.url_scheme: https behind a TLS-terminating proxy", metavar="SCHEME"
+    )
     # -- operations
     log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
     server_header: str = _setting(
@@ -136,6 +139,8 @@ class Config:
             raise ValueError("--low-water must not exceed --high-water")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("--log-level must be one of debug, info, warning, error")
+        if self.url_scheme not in ("http", "https"):
+            raise ValueError("--url-scheme must be http or https")
         if any(c in self.server_header for c in "\r\n\0"):
             raise ValueError("--server-header must not contain CR, LF or NUL")
         if not self.binds:

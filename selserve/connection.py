@@ -56,6 +56,12 @@ INTERNAL_ERROR = "internal-error"
 SHUTDOWN = "shutdown"
 
 
+def _app_failed() -> native.Response:
+    return native.Response(
+        500, [("Content-Type", "text/plain; charset=utf-8")], b"500 Internal Server Error\n"
+    )
+
+
 class Connection:
     __slots__ = (
         "server",
@@ -84,6 +90,8 @@ class Connection:
         "linger",
         "in_app",
         "producer_waiting",
+        "app_failed",
+        "response_mark",
     )
 
     def __init__(self, server: Server, sock: socket.socket, peer, local=None) -> None:
@@ -111,6 +119,8 @@ class Connection:
         self.linger = False  # after a refusal the client may still be sending
         self.in_app = False  # a worker thread is running the app for this connection
         self.producer_waiting = False  # a threaded body has nothing yet; resume() follows
+        self.app_failed = False  # the body iterator raised; _pump decides what follows
+        self.response_mark = 0  # bytes_sent + pending when this response began
         self.timeout_reason = "header-timeout"
         self.timer = self.loop.call_later(config.header_timeout, self.on_timeout)
         self.watching = READABLE
@@ -277,8 +287,7 @@ class Connection:
         if not isinstance(response, native.Response):
             if response is not None:
                 log.error("application returned %r, not a Response", type(response).__name__)
-            self._answer_error(500, "the application failed")
-            return
+            response = _app_failed()  # nothing was sent: the connection stays usable
         self._start_response(response)
 
     def _start_response(self, response: native.Response) -> None:
@@ -293,6 +302,7 @@ class Connection:
             length = None
             self.closeable = body
         keep_alive = head.keep_alive and not self.server.stopping
+        self.response_mark = self.out.bytes_sent + self.out.size
         try:
             framing = wire.build_head(
                 response.status,
@@ -302,11 +312,12 @@ class Connection:
                 keep_alive=keep_alive,
                 body_length=length,
                 fixed=self.server.fixed,
+                date=self.server.date,
             )
         except (wire.InvalidHeader, TypeError, ValueError) as exc:
             log.error("invalid response from the application for %s: %s", head.target, exc)
             self._release_body()
-            self._answer_error(500, "the application gave an invalid response")
+            self._start_response(_app_failed())
             return
         self.keep_alive = framing.keep_alive
         self.state = RESPONDING
@@ -325,9 +336,8 @@ class Connection:
                 except TypeError as exc:
                     log.error("response body of %s is not iterable: %s", head.target, exc)
                     self._release_body()
-                    out.clear()
-                    self.state = READING
-                    self._answer_error(500, "the application gave an invalid response")
+                    out.truncate(self.response_mark - out.bytes_sent)
+                    self._start_response(_app_failed())
                     return
                 self.chunked = framing.chunked
                 self.remaining = framing.content_length
@@ -351,8 +361,9 @@ class Connection:
                 and not self.producer_waiting
             ):
                 produced += self._produce()
-                if self.state is not RESPONDING:
-                    return  # the producer failed and the connection closed
+                if self.app_failed:
+                    self._recover_from_app_failure()
+                    return
             try:
                 drained = out.flush(self.sock)
             except (OSError, EOFError) as exc:
@@ -389,7 +400,9 @@ class Connection:
                 return added
             except Exception:
                 log.exception("application error while streaming %s", self.head.target)
-                self.close(APP_ERROR)
+                self.producer = None
+                self._release_body()
+                self.app_failed = True
                 return added
             if not piece:
                 continue
@@ -411,6 +424,18 @@ class Connection:
                 self._end_of_body()
                 return added
         return added
+
+    def _recover_from_app_failure(self) -> None:
+        """The body raised: answer 500 if none of this response left yet, else close."""
+        self.app_failed = False
+        out = self.out
+        if out.bytes_sent > self.response_mark:
+            self.close(APP_ERROR)  # the client has part of an answer: only closing ends it
+            return
+        out.truncate(self.response_mark - out.bytes_sent)
+        self.chunked = False
+        self.remaining = None
+        self._start_response(_app_failed())
 
     def _end_of_body(self) -> None:
         self.producer = None

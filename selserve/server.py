@@ -184,6 +184,7 @@ class Server:
             else b""
         )
         self.fixed = b""  # the Date and Server lines every response carries
+        self.date = b""  # the Date line alone
         self._refresh_date()
 
     # -- set-up ---------------------------------------------------------------
@@ -328,7 +329,8 @@ class Server:
         self.counters[what] += 1
 
     def _refresh_date(self) -> None:
-        self.fixed = wire.date_line(time.time()) + self._server_line
+        self.date = wire.date_line(time.time())
+        self.fixed = self.date + self._server_line
         # Refresh just after the next wall-clock second begins.
         self.loop.call_later(1.0 - (time.time() % 1.0) + 0.001, self._refresh_date)
 

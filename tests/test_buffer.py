@@ -108,3 +108,19 @@ def test_send_to_a_departed_peer_raises_oserror(pair):
         for _ in range(100):
             buf.append(b"x" * 65536)
             buf.flush(a)
+
+
+def test_truncate_drops_the_newest_bytes(pair):
+    a, b = pair
+    with tempfile.TemporaryFile() as f:
+        f.write(b"abcdefghij")
+        f.flush()
+        buf = WriteBuffer()
+        buf.append(b"keep")
+        buf.append_file(f, 0, 10)
+        buf.append(b"dropped")
+        buf.truncate(7)
+        assert buf.size == 7
+        while not buf.flush(a):
+            pass
+        assert read_exactly(b, 7) == b"keepabc"

@@ -131,3 +131,24 @@ def test_error_response_is_complete_and_closes():
 
 def test_date_line_is_imf_fixdate():
     assert wire.date_line(0) == b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+
+
+def test_app_date_is_dropped_for_the_servers_own():
+    framing = head(headers=[("Date", "yesterday")], length=0)
+    assert b"Date: yesterday" not in lines(framing)
+    assert lines(framing).count(b"Date: Fri, 27 Nov 2026 14:00:00 GMT") == 1
+
+
+def test_app_server_header_replaces_the_servers():
+    framing = wire.build_head(
+        200,
+        [("Server", "myapp")],
+        method="GET",
+        http11=True,
+        keep_alive=True,
+        body_length=0,
+        fixed=FIXED,
+        date=b"Date: Fri, 27 Nov 2026 14:00:00 GMT\r\n",
+    )
+    assert b"Server: myapp" in lines(framing)
+    assert b"Server: t" not in lines(framing)

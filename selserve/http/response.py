@@ -18,8 +18,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # field-value characters we refuse to write: CR, LF and NUL (RFC 9110 §5.5).
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\0]")
 
-# Framing headers the server computes itself; an app's own are checked, not copied blindly.
-_FRAMING = frozenset(("content-length", "transfer-encoding", "connection"))
+# Headers the server computes itself; an app's own are read or dropped, not copied.
+_SERVER_OWNED = frozenset(("content-length", "transfer-encoding", "connection", "date"))
 
 
 class InvalidHeader(ValueError):
@@ -81,26 +81,30 @@ def build_head(
     keep_alive: bool,
     body_length: int | None,
     fixed: bytes,
+    date: bytes = b"",
 ) -> ResponseHead:
     """Serialise a response head and decide its framing.
 
     `body_length` is the body's size when the server knows it (bytes, files),
     None when it is streamed.  `fixed` holds pre-encoded lines every response
-    carries (Date, Server).  A Content-Length from the app wins for streamed
-    bodies; without one, HTTP/1.1 gets chunked encoding and HTTP/1.0 a
-    close-delimited body.
+    carries (Date, Server); `date` is the Date line alone, used instead when
+    the app names its own Server.  An app's Date is dropped.  A Content-Length
+    from the app wins for streamed bodies; without one, HTTP/1.1 gets chunked
+    encoding and HTTP/1.0 a close-delimited body.
     """
     lines = [status_line(status), fixed]
     app_length: int | None = None
     for name, value in headers:
         lower = name.lower()
-        if lower in _FRAMING:
+        if lower in _SERVER_OWNED:
             if lower == "content-length":
                 app_length = _parse_length(value)
             elif lower == "connection" and "close" in value.lower():
                 keep_alive = False
-            # Transfer-Encoding is the server's business: dropped.
+            # Transfer-Encoding and Date are the server's business: dropped.
             continue
+        if lower == "server" and date:
+            lines[1] = date
         if not _TOKEN.match(name):
             raise InvalidHeader(f"invalid header name {name!r}")
         if _FORBIDDEN_IN_VALUE.search(value):

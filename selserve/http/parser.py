@@ -1,0 +1,706 @@
+"""Incremental, sans-I/O parser for HTTP/1.1 requests (RFC 9112).
+
+Bytes go in with `RequestParser.feed`; events come out of `RequestParser.next_event`:
+a `Request` head, zero or more `Data` pieces of body, one `EndOfMessage`, then `PAUSED`
+until the caller has answered and calls `start_next_request` (so pipelined requests are
+taken one at a time, in order). A request we refuse raises `HTTPError` with the status to
+answer; from then on the parser is dead.
+
+It must never touch a socket, a clock or a logger; never hold more than its limits allow
+while waiting for a line end; never let an ambiguous body length through (that is how
+requests are smuggled past a proxy); and never loop over bytes in Python on the common
+path: a whole head is parsed with a handful of C-level searches and regexes.
+"""
+
+from __future__ import annotations
+
+from selserve.http.abnf import (
+    ABSOLUTE_FORM_RE,
+    AUTHORITY_FORM_RE,
+    BLANK_LINE_B,
+    CHUNK_LINE_B,
+    CONTENT_LENGTH_RE,
+    EMPTY_LINES_B,
+    FIELD_LINE,
+    FIELD_VALUE_CHARS_RE,
+    HEAD_END_B,
+    HOST_RE,
+    HTTP_VERSION_RE,
+    METHOD_RE,
+    REQUEST_LINE,
+    TARGET_CHARS_RE,
+    TOKEN_RE,
+    TRANSFER_CODING_RE,
+)
+from selserve.http.errors import HTTPError
+
+__all__ = [
+    "CLOSED",
+    "NEED_DATA",
+    "PAUSED",
+    "Data",
+    "EndOfMessage",
+    "Request",
+    "RequestParser",
+]
+
+
+class _Sentinel:
+    """A named singleton returned by `next_event` when there is no event."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+    def __reduce__(self) -> str:
+        return self._name  # pickles as the module global: identity survives
+
+
+NEED_DATA = _Sentinel("NEED_DATA")  # feed more bytes, then ask again
+PAUSED = _Sentinel("PAUSED")  # a request is complete; call start_next_request()
+CLOSED = _Sentinel("CLOSED")  # the peer sent EOF at a message boundary
+
+
+class Request:
+    """The parsed head of one request."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "version",
+        "headers",
+        "keep_alive",
+        "content_length",
+        "chunked",
+        "expect_continue",
+        "host",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        query: str,
+        version: str,
+        headers: list[tuple[str, str]],
+        keep_alive: bool,
+        content_length: int | None,
+        chunked: bool,
+        expect_continue: bool,
+        host: str,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+        self.host = host
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of the field `name` (give it lower-case), else `default`."""
+        for field, value in self.headers:
+            if field == name:
+                return value
+        return default
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Request:
+            return NotImplemented
+        return all(getattr(self, a) == getattr(other, a) for a in Request.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} {self.version} headers={self.headers!r}>"
+
+
+class Data:
+    """A piece of request body, never empty."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Data:
+            return NotImplemented
+        return self.data == other.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Data({self.data!r})"
+
+
+class EndOfMessage:
+    """The request body is complete; `trailers` holds chunked trailer fields, if any."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: list[tuple[str, str]] | None = None) -> None:
+        self.trailers = [] if trailers is None else trailers
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not EndOfMessage:
+            return NotImplemented
+        return self.trailers == other.trailers
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EndOfMessage({self.trailers!r})"
+
+
+Event = Request | Data | EndOfMessage | _Sentinel
+
+# Parser states. Small ints, not bound methods: storing self._parse_x on self would make
+# a reference cycle per connection.
+_HEAD = 0  # waiting for / parsing a request head
+_BODY = 1  # Content-Length body, self._remaining bytes to go
+_CHUNK_SIZE = 2  # waiting for a chunk-size line
+_CHUNK_DATA = 3  # inside chunk-data, self._remaining bytes to go
+_CHUNK_END = 4  # waiting for the CRLF that closes chunk-data
+_TRAILERS = 5  # waiting for the trailer section after the last chunk
+_END = 6  # the body is complete: next event is EndOfMessage
+_DONE = 7  # EndOfMessage given: PAUSED until start_next_request()
+_ERROR = 8  # an HTTPError was raised: raise it again forever
+
+# A chunk-size line, extensions and line end included, must fit in this many bytes.
+# Extensions carry nothing we use; the bound keeps a client from making us buffer them.
+MAX_CHUNK_LINE = 4096
+
+# Header names the parser itself acts on; every other field is only collected.
+_SPECIAL = frozenset(("host", "content-length", "transfer-encoding", "connection", "expect"))
+
+
+def _strip_list(value: str) -> list[str]:
+    """Elements of a comma-separated list (RFC 9110 §5.6.1), lower-cased, empties dropped."""
+    return [e for e in (e.strip(" \t") for e in value.lower().split(",")) if e]
+
+
+class RequestParser:
+    """Turns the bytes of one connection into request events. See the module docstring.
+
+    Limits bound what a head or chunk line may make it buffer. Bytes fed while PAUSED
+    (pipelined requests) are kept whatever their amount: the caller stops reading when
+    `buffered` is more than it wants to hold.
+    """
+
+    __slots__ = (
+        "max_request_line",
+        "max_header_bytes",
+        "max_headers",
+        "max_body_size",
+        "_buf",
+        "_pos",
+        "_eof",
+        "_state",
+        "_error",
+        "_skipped",
+        "_scan",
+        "_line_end",
+        "_valid_host",
+        "_remaining",
+        "_body_seen",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_request_line: int = 8192,
+        max_header_bytes: int = 65536,
+        max_headers: int = 100,
+        max_body_size: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.max_request_line = max_request_line
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_body_size = max_body_size
+        # Unconsumed input is self._buf[self._pos:]. It is the caller's bytes object
+        # itself while one feed covers it (no copy), and a bytearray only while pieces
+        # must be joined (a head or chunk line split across feeds).
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
+        self._eof = False
+        self._state = _HEAD
+        self._error: HTTPError | None = None
+        self._valid_host = ""
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._skipped = 0  # empty lines skipped before this request line (bytes)
+        self._scan = 0  # bytes past _pos already searched for the end of head / trailers
+        self._line_end = -1  # LF of a request line checked while its head was partial
+        self._remaining = 0  # body bytes left in the Content-Length body or current chunk
+        self._body_seen = 0  # decoded chunked body bytes so far
+
+    # --- input ------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes. Empty data, and data after EOF or an error, are ignored."""
+        if not data or self._eof or self._state == _ERROR:
+            return
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            self._buf = data if type(data) is bytes else bytes(data)
+            self._pos = 0
+        elif type(buf) is bytes:
+            joined = bytearray(buf[pos:])
+            joined += data
+            self._buf = joined
+            self._pos = 0
+        else:
+            if pos:
+                del buf[:pos]  # cheap: CPython moves the bytearray's start, not its bytes
+                self._pos = 0
+            buf += data
+
+    def feed_eof(self) -> None:
+        """The peer will send no more bytes (it closed or half-closed its side)."""
+        self._eof = True
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed by an event."""
+        return len(self._buf) - self._pos
+
+    def start_next_request(self) -> None:
+        """After EndOfMessage: allow the next (maybe already buffered) request to parse.
+
+        A no-op in any other state, so a caller may call it defensively.
+        """
+        if self._state == _DONE:
+            self._state = _HEAD
+            self._reset_message()
+
+    # --- output -----------------------------------------------------------------------
+
+    def next_event(self) -> Event:
+        """The next event, or NEED_DATA / PAUSED / CLOSED. Raises HTTPError for a bad request."""
+        state = self._state
+        try:
+            if state == _HEAD:
+                return self._next_head()
+            if state == _BODY:
+                return self._next_body()
+            if state == _END:
+                self._state = _DONE
+                return EndOfMessage([])
+            if state == _DONE:
+                return PAUSED
+            if state == _ERROR:
+                raise self._error.with_traceback(None)  # type: ignore[union-attr]
+            return self._next_chunked()
+        except HTTPError as exc:
+            self._state = _ERROR
+            self._error = exc
+            raise
+
+    def _need_data(self) -> _Sentinel:
+        if self._eof:
+            raise HTTPError(400, "incomplete request")
+        return NEED_DATA
+
+    def _consume(self, end: int) -> None:
+        if end >= len(self._buf):
+            self._buf = b""  # drop the reference: a big body piece is not kept alive
+            self._pos = 0
+        else:
+            self._pos = end
+
+    # --- head -------------------------------------------------------------------------
+
+    def _next_head(self) -> Event:
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if pos < end and (buf[pos] == 10 or buf[pos] == 13):
+            # RFC 9112 §2.2: ignore at least one empty line before a request-line. They
+            # count toward the request-line limit so that they cannot go on forever.
+            m = EMPTY_LINES_B.match(buf, pos)
+            if m is not None:
+                self._skipped += m.end() - pos
+                self._scan = 0
+                self._consume(m.end())
+                buf = self._buf
+                pos = self._pos
+                end = len(buf)
+        if pos >= end:
+            if self._skipped > self.max_request_line:
+                raise HTTPError(414, "request line too long")
+            return CLOSED if self._eof else NEED_DATA
+
+        # The first LF after pos ends the request line, so the first empty line found
+        # from pos is the end of the head even when there are no header fields.
+        m = HEAD_END_B.search(buf, pos + self._scan)
+        if m is not None:
+            return self._parse_head(buf, pos, m.end())
+
+        # Incomplete head. Check what we can now, in the order a complete head is checked
+        # in, so that the error does not depend on how the bytes were split.
+        max_line = self.max_request_line - self._skipped
+        self._scan = max(end - pos - 2, 0)  # an end may straddle the next feed
+        lf = self._line_end
+        if lf < 0:
+            lf = buf.find(b"\n", pos)
+            if lf < 0:
+                # Without its end, the line is at least this long (a trailing CR may be
+                # the first half of its CRLF).
+                if end - pos - (buf[end - 1] == 13) > max_line:
+                    raise HTTPError(414, "request line too long")
+                return self._need_data()
+            line = buf[pos : lf + 1].decode("latin-1")
+            m = REQUEST_LINE.match(line)
+            if m is None:
+                self._request_line_error(line, max_line)
+            elif m.end(3) > max_line:
+                raise HTTPError(414, "request line too long")
+            else:
+                self._target_parts(m[1], m[2])
+            lf -= pos
+            self._line_end = lf
+        if end - pos - lf - 1 >= self.max_header_bytes:
+            raise HTTPError(431, "request header section too large")
+        return self._need_data()
+
+    def _parse_head(self, buf: bytes | bytearray, pos: int, head_end: int) -> Request:
+        # One decode for the whole head; the blank line is included because for the usual
+        # single request per read that makes the slice the whole buffer, which is free.
+        text = buf[pos:head_end].decode("latin-1")
+        max_line = self.max_request_line - self._skipped
+        m = REQUEST_LINE.match(text)
+        if m is None:
+            self._request_line_error(text, max_line)
+        if m.end(3) > max_line:  # type: ignore[union-attr]
+            raise HTTPError(414, "request line too long")
+        method, target, minor = m.groups()  # type: ignore[union-attr]
+        if target[0] == "/" and method != "CONNECT":  # origin-form, RFC 9112 §3.2.1
+            path, _, query = target.partition("?")
+        else:
+            path, query = self._target_parts(method, target)
+
+        # Header section: from after the request line up to and including the blank line.
+        line_end = m.end() - 1  # type: ignore[union-attr]  # the request line's LF
+        if len(text) - line_end - 1 > self.max_header_bytes:
+            raise HTTPError(431, "request header section too large")
+        fields = FIELD_LINE.findall(text, line_end)
+        # LFs after the request line: one per field line, plus the blank line's.
+        if len(fields) != text.count("\n", line_end + 1) - 1:
+            self._field_error(text[line_end + 1 :])
+        if len(fields) > self.max_headers:
+            raise HTTPError(431, "too many header fields")
+
+        headers = []
+        append = headers.append
+        special = None
+        for name, value in fields:
+            name = name.lower()
+            append((name, value))
+            if name in _SPECIAL:
+                if special is None:
+                    special = [(name, value)]
+                else:
+                    special.append((name, value))
+
+        http11 = minor == "1"
+        host = ""
+        hosts = 0
+        keep_alive = http11
+        content_length = None
+        chunked = False
+        expect_continue = False
+        if special is not None:
+            cl = te = conn = expect = None
+            for name, value in special:
+                if name == "host":
+                    hosts += 1
+                    host = value
+                elif name == "content-length":
+                    cl = value if cl is None else f"{cl},{value}"
+                elif name == "transfer-encoding":
+                    te = value if te is None else f"{te},{value}"
+                elif name == "connection":
+                    conn = value if conn is None else f"{conn},{value}"
+                else:
+                    expect = value if expect is None else f"{expect},{value}"
+            if hosts > 1:
+                raise HTTPError(400, "more than one Host header")
+            # A keep-alive client sends the same Host every time: check it once.
+            if hosts and host != self._valid_host:
+                if not HOST_RE.fullmatch(host):
+                    raise HTTPError(400, "invalid Host header")
+                self._valid_host = host
+            if te is not None:
+                chunked = self._transfer_encoding(te, cl, http11)
+            elif cl is not None:
+                content_length = self._content_length(cl)
+            if conn is not None:
+                conn = conn.lower()
+                if conn == "keep-alive":
+                    keep_alive = True
+                elif conn == "close":
+                    keep_alive = False
+                else:
+                    tokens = _strip_list(conn)
+                    if "close" in tokens:
+                        keep_alive = False
+                    elif "keep-alive" in tokens:
+                        keep_alive = True
+            # RFC 9110 §10.1.1: an HTTP/1.0 client cannot handle 100 (Continue), so a
+            # 1.0 request's Expect is ignored altogether.
+            if expect is not None and http11:
+                for e in _strip_list(expect):
+                    if e != "100-continue":
+                        raise HTTPError(417, "unsupported expectation")
+                    expect_continue = True
+        # RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
+        if http11 and not hosts:
+            raise HTTPError(400, "missing Host header")
+
+        if chunked:
+            self._state = _CHUNK_SIZE
+        elif content_length:
+            self._state = _BODY
+            self._remaining = content_length
+        else:
+            self._state = _END
+        self._consume(pos + len(text))
+        return Request(
+            method,
+            target,
+            path,
+            query,
+            "HTTP/1.1" if http11 else "HTTP/1.0",
+            headers,
+            keep_alive,
+            content_length,
+            chunked,
+            expect_continue,
+            host,
+        )
+
+    @staticmethod
+    def _request_line_error(text: str, max_line: int) -> None:
+        """Raise the right error for a head (text starts with the request line, LF
+        included) whose request line failed the fast pattern."""
+        line = text[: text.index("\n")]
+        if line.endswith("\r"):
+            line = line[:-1]
+        if len(line) > max_line:
+            raise HTTPError(414, "request line too long")
+        parts = line.split(" ")
+        if len(parts) != 3:
+            raise HTTPError(400, "malformed request line")
+        method, target, version = parts
+        if not METHOD_RE.fullmatch(method):
+            raise HTTPError(400, "invalid method")
+        if not TARGET_CHARS_RE.fullmatch(target):
+            raise HTTPError(400, "invalid request-target")
+        if not HTTP_VERSION_RE.fullmatch(version):
+            raise HTTPError(400, "malformed HTTP version")
+        raise HTTPError(505, "HTTP version not supported")
+
+    @staticmethod
+    def _target_parts(method: str, target: str) -> tuple[str, str]:
+        """(path, query) of a request-target, checking its form against the method."""
+        if target[0] == "/":  # origin-form, RFC 9112 §3.2.1
+            if method == "CONNECT":
+                raise HTTPError(400, "CONNECT needs an authority-form target")
+            path, _, query = target.partition("?")
+            return path, query
+        if target == "*":  # asterisk-form, §3.2.4
+            if method != "OPTIONS":
+                raise HTTPError(400, "asterisk-form target is only for OPTIONS")
+            return "*", ""
+        if method == "CONNECT":  # authority-form, §3.2.3
+            if not AUTHORITY_FORM_RE.fullmatch(target):
+                raise HTTPError(400, "invalid authority-form target")
+            return target, ""
+        m = ABSOLUTE_FORM_RE.fullmatch(target)  # absolute-form, §3.2.2
+        if m is None:
+            raise HTTPError(400, "invalid request-target")
+        return m[1] or "/", m[2] or ""
+
+    def _field_error(self, block: str) -> None:
+        """Raise the right 400 for a field block (lines after the request line, blank line
+        included) in which some line failed FIELD_LINE."""
+        for line in block.split("\n")[:-2]:
+            if line.endswith("\r"):
+                line = line[:-1]
+            if line[:1] in (" ", "\t"):
+                # RFC 9112 §5.2: obs-fold may be rejected; joining lines would let a
+                # field mean different things to us and to a proxy in front of us.
+                raise HTTPError(400, "obsolete line folding in header")
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise HTTPError(400, "header line without a colon")
+            if name[-1:] in (" ", "\t"):
+                # RFC 9112 §5.1: MUST reject whitespace between field name and colon.
+                raise HTTPError(400, "whitespace before colon in header")
+            if not TOKEN_RE.fullmatch(name):
+                raise HTTPError(400, "invalid header name")
+            if not FIELD_VALUE_CHARS_RE.fullmatch(value):
+                raise HTTPError(400, "invalid character in header value")
+        raise HTTPError(400, "malformed header line")
+
+    def _transfer_encoding(self, te: str, cl: str | None, http11: bool) -> bool:
+        """Check Transfer-Encoding (all lines joined); True when the body is chunked."""
+        # RFC 9112 §6.1: TE with CL is how requests are smuggled past a proxy that reads
+        # the other one; refuse it rather than pick one. HTTP/1.0 has no TE at all.
+        if cl is not None:
+            raise HTTPError(400, "both Transfer-Encoding and Content-Length")
+        if not http11:
+            raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        codings = _strip_list(te)
+        if not codings:
+            raise HTTPError(400, "empty Transfer-Encoding")
+        chunked = codings.count("chunked")
+        if chunked > 1:
+            raise HTTPError(400, "chunked applied more than once")
+        if chunked and codings[-1] != "chunked":
+            # RFC 9112 §6.3: the length of the body cannot be determined.
+            raise HTTPError(400, "chunked is not the final transfer coding")
+        for coding in codings:
+            if coding != "chunked":
+                if not TRANSFER_CODING_RE.fullmatch(coding):
+                    raise HTTPError(400, "invalid Transfer-Encoding")
+                raise HTTPError(501, "unsupported transfer coding")
+        return True
+
+    def _content_length(self, cl: str) -> int:
+        """The value of Content-Length (all lines joined)."""
+        if "," in cl:
+            # RFC 9110 §8.6: the same value repeated (in a list or on several lines) may
+            # be taken as one; different values are an error.
+            values = [v.strip(" \t") for v in cl.split(",")]
+            cl = values[0]
+            if any(v != cl for v in values):
+                raise HTTPError(400, "conflicting Content-Length values")
+        if not CONTENT_LENGTH_RE.fullmatch(cl):
+            raise HTTPError(400, "invalid Content-Length")
+        length = int(cl)
+        if length > self.max_body_size:
+            raise HTTPError(413, "request body too large")
+        return length
+
+    # --- body -------------------------------------------------------------------------
+
+    def _take(self, n: int) -> Data:
+        """The next n buffered bytes (n > 0, all available) as a Data event."""
+        buf = self._buf
+        pos = self._pos
+        data = buf[pos : pos + n]  # the whole bytes object itself when it all goes
+        if type(data) is not bytes:
+            data = bytes(data)
+        self._consume(pos + n)
+        return Data(data)
+
+    def _next_body(self) -> Event:
+        available = len(self._buf) - self._pos
+        if not available:
+            return self._need_data()
+        remaining = self._remaining
+        n = remaining if remaining < available else available
+        self._remaining = remaining - n
+        if n == remaining:
+            self._state = _END
+        return self._take(n)
+
+    def _next_chunked(self) -> Event:
+        while True:
+            buf = self._buf
+            pos = self._pos
+            end = len(buf)
+            state = self._state
+
+            if state == _CHUNK_DATA:
+                if pos >= end:
+                    return self._need_data()
+                remaining = self._remaining
+                n = min(remaining, end - pos)
+                self._remaining = remaining - n
+                self._body_seen += n
+                if n == remaining:
+                    self._state = _CHUNK_END
+                return self._take(n)
+
+            if state == _CHUNK_SIZE:
+                lf = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE)
+                if lf < 0:
+                    if end - pos >= MAX_CHUNK_LINE:
+                        raise HTTPError(400, "chunk-size line too long")
+                    return self._need_data()
+                m = CHUNK_LINE_B.fullmatch(buf, pos, lf + 1)
+                if m is None:
+                    raise HTTPError(400, "malformed chunk-size line")
+                digits = m[1]
+                if len(digits) > 16:
+                    raise HTTPError(400, "chunk size too large")
+                size = int(digits, 16)
+                self._consume(lf + 1)
+                if size == 0:
+                    self._state = _TRAILERS
+                    self._scan = 0
+                    continue
+                if self._body_seen + size > self.max_body_size:
+                    raise HTTPError(413, "request body too large")
+                self._remaining = size
+                self._state = _CHUNK_DATA
+                continue
+
+            if state == _CHUNK_END:
+                # chunk-data is followed by CRLF (or a bare LF, RFC 9112 §2.2).
+                if end - pos < 2 and (pos >= end or buf[pos] == 13):
+                    return self._need_data()
+                m = BLANK_LINE_B.match(buf, pos)
+                if m is None:
+                    raise HTTPError(400, "missing CRLF after chunk data")
+                self._consume(m.end())
+                self._state = _CHUNK_SIZE
+                continue
+
+            # _TRAILERS: trailer-section CRLF, parsed with the header field rules.
+            if end - pos < 2 and (pos >= end or buf[pos] == 13):
+                return self._need_data()
+            m = BLANK_LINE_B.match(buf, pos)
+            if m is not None:
+                self._consume(m.end())
+                self._state = _DONE
+                return EndOfMessage([])
+            m = HEAD_END_B.search(buf, pos + self._scan)
+            if m is None:
+                if end - pos >= self.max_header_bytes:
+                    raise HTTPError(431, "trailer section too large")
+                self._scan = max(end - pos - 2, 0)
+                return self._need_data()
+            if m.end() - pos > self.max_header_bytes:
+                raise HTTPError(431, "trailer section too large")
+            # A leading LF stands in for the end of the last-chunk line, which FIELD_LINE
+            # needs in front of the first field.
+            text = "\n" + buf[pos : m.end()].decode("latin-1")
+            fields = FIELD_LINE.findall(text)
+            if len(fields) != text.count("\n") - 2:
+                self._field_error(text[1:])
+            if len(fields) > self.max_headers:
+                raise HTTPError(431, "too many trailer fields")
+            self._consume(m.end())
+            self._state = _DONE
+            return EndOfMessage([(name.lower(), value) for name, value in fields])

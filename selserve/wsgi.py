@@ -1,0 +1,625 @@
+"""PEP 3333 (WSGI) applications on top of the native application interface.
+
+`WSGIAdapter(wsgi_app)` is a native application (`request -> Response`): it
+builds the environ from a complete `Request`, calls the WSGI application, and
+turns what it returns into a `Response` whose body the connection streams
+through its bounded write buffer.  The application is driven only until its
+status and headers are known (PEP 3333: up to the first non-empty body piece
+or the first `write()`); every later piece is pulled by the connection when
+its buffer has room.  Whatever body object it hands to the connection calls
+the application iterable's `close()` exactly once, and the connection calls
+that body's `close()` on every path.
+
+It never touches a socket, never blocks on the network (the body has been
+read before the application runs) and never lets an application error escape
+before the response has started: that becomes a 500 answer, and the traceback
+goes to the "selserve" logger.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import os
+import re
+import stat
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from urllib.parse import unquote_to_bytes
+
+from .app import FileBody, Request, Response
+
+__all__ = ["ErrorStream", "FileWrapper", "WSGIAdapter"]
+
+log = logging.getLogger("selserve")
+errors_log = logging.getLogger("selserve.wsgi")
+
+# status = 3DIGIT SP reason-phrase; reason-phrase = *( HTAB / SP / VCHAR / obs-text )
+# (PEP 3333 "Status-Code and Reason-Phrase separated by a single space";
+# RFC 9112 §4).  Only final statuses: WSGI has no way to send an interim 1xx.
+_STATUS = re.compile(r"([0-9]{3}) [\t\x20-\x7e\x80-\xff]*\Z")
+# field-name = token (RFC 9110 §5.1, §5.6.2)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# CR, LF and NUL are never valid in a field value (RFC 9110 §5.5); PEP 3333
+# header strings are latin-1, so anything above U+00FF cannot be written either.
+_BAD_VALUE = re.compile(r"[\r\n\x00\u0100-\U0010ffff]")
+# PEP 3333 forbids applications to use hop-by-hop headers (RFC 2616 §13.5.1,
+# RFC 9110 §7.6.1): the server owns the connection and the framing.
+_HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+_WILDCARD_HOSTS = frozenset(("", "0.0.0.0", "::"))
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
+_ERROR_BODY = b"500 Internal Server Error\n"
+# Bounds of the small caches below (entries), so odd clients cannot grow them.
+_CACHE_MAX = 512
+# A wsgi.errors line longer than this is logged in pieces.
+_ERROR_LINE_MAX = 64 * 1024
+_END = object()
+_EMPTY: Iterator[bytes] = iter(())
+
+
+class WSGIAdapter:
+    """Serve the WSGI application `wsgi_app` as a native selserve application."""
+
+    def __init__(
+        self,
+        wsgi_app: Callable,
+        *,
+        root_path: str = "",
+        expose_tracebacks: bool = False,
+        url_scheme: str = "http",
+        multithread: bool = False,
+        multiprocess: bool = False,
+    ) -> None:
+        if not callable(wsgi_app):
+            raise TypeError(f"the WSGI application {wsgi_app!r} is not callable")
+        if url_scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"url_scheme must be 'http' or 'https', not {url_scheme!r}")
+        self.app = wsgi_app
+        self.root_path = script_name(root_path)
+        self.expose_tracebacks = expose_tracebacks
+        self.url_scheme = url_scheme
+        self.errors = ErrorStream()
+        self._root_prefix = self.root_path + "/"
+        self._default_port = _DEFAULT_PORTS[url_scheme]
+        self._base = {
+            "SCRIPT_NAME": self.root_path,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": url_scheme,
+            "wsgi.errors": self.errors,
+            "wsgi.multithread": multithread,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+        if url_scheme == "https":
+            self._base["HTTPS"] = "on"
+        self._server_address: dict[object, tuple[str, str] | None] = {}
+
+    def __repr__(self) -> str:
+        return f"<WSGIAdapter {self.app!r} root_path={self.root_path!r}>"
+
+    # -- the native application -------------------------------------------------
+
+    def __call__(self, request: Request) -> Response:
+        environ = self.environ(request)
+        exchange = _Exchange()
+        try:
+            result = self.app(environ, exchange.start_response)
+        except Exception:
+            return self._failed(request, "WSGI application error")
+        try:
+            return self._response(exchange, result)
+        except BaseException as exc:
+            # Nothing was handed to the connection: the close() is ours to make.
+            if not exchange.result_closed:
+                exchange.result_closed = True
+                try:
+                    _close(result)
+                except Exception:
+                    log.exception("error closing the WSGI iterable of %s", request.target)
+            if not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, _NoStartResponse):
+                log.error("%s for %s %s", exc, request.method, request.target)
+                return self._error_response(None)
+            return self._failed(request, "WSGI application error")
+
+    def _response(self, exchange: _Exchange, result) -> Response:
+        """The Response for `result`.
+
+        Raises whatever the application raises while we drive it, TypeError or
+        ValueError for what it returns that WSGI does not allow, and
+        _NoStartResponse if it never called start_response().
+        """
+        if isinstance(result, (bytes, str)):
+            raise TypeError(
+                f"the application returned {type(result).__name__}, not an iterable of bytes "
+                "(wrap the body in a list)"
+            )
+        result_type = type(result)
+        if result_type is FileWrapper and exchange.status is not None and not exchange.written:
+            body = _file_body(result, exchange.content_length)
+            if body is not None:
+                return Response(exchange.status, exchange.headers, body)
+        if result_type is list or result_type is tuple:
+            # Every piece is known already (the usual `return [body]`).
+            if exchange.status is None:
+                raise _NoStartResponse()
+            pieces = [_as_bytes(piece) for piece in result]
+            return _known_response(exchange, [*exchange.written, *pieces])
+
+        iterator = iter(result)
+        first = _END
+        # PEP 3333: headers go out with the first non-empty piece or at the first
+        # write(); until then the application may still change its mind.
+        while not exchange.headers_sent:
+            piece = next(iterator, _END)
+            if piece is _END:
+                break
+            if type(piece) is not bytes:
+                piece = _as_bytes(piece)
+            if piece:
+                first = piece
+                break
+        if exchange.status is None:
+            raise _NoStartResponse()
+        if first is _END and not exchange.headers_sent:
+            # Exhausted without a byte: the whole body is what write() got.
+            exchange.result_closed = True
+            _close(result)
+            return _known_response(exchange, list(exchange.written))
+        exchange.headers_sent = True
+        pending = exchange.written
+        if first is not _END:
+            pending.append(first)
+        exchange.result_closed = True  # from here on the body object owns it
+        return Response(exchange.status, exchange.headers, _Body(pending, iterator, result))
+
+    def _failed(self, request: Request, what: str) -> Response:
+        """Log the exception being handled and answer 500."""
+        log.exception("%s on %s %s", what, request.method, request.target)
+        return self._error_response(traceback.format_exc() if self.expose_tracebacks else None)
+
+    @staticmethod
+    def _error_response(detail: str | None) -> Response:
+        body = _ERROR_BODY
+        if detail:
+            body += b"\n" + detail.encode("utf-8", "replace")
+        return Response(500, list(_ERROR_HEADERS), body)
+
+    # -- the environ --------------------------------------------------------------
+
+    def environ(self, request: Request) -> dict:
+        """The PEP 3333 environ for `request`."""
+        environ = self._base.copy()
+        path = request.path
+        # PEP 3333 "bytes as str": decode %XX once, keep each byte as one latin-1 char.
+        if "%" in path:
+            path = unquote_to_bytes(path).decode("latin-1")
+        root = self.root_path
+        if root and (path == root or path.startswith(self._root_prefix)):
+            path = path[len(root) :]
+        environ["REQUEST_METHOD"] = request.method
+        environ["PATH_INFO"] = path
+        environ["QUERY_STRING"] = request.query
+        environ["SERVER_PROTOCOL"] = request.version
+        # Not in PEP 3333, but what frameworks look for to see the undecoded path.
+        environ["REQUEST_URI"] = environ["RAW_URI"] = request.target
+
+        host = None
+        has_body = False
+        for name, value in request.headers:
+            key = _ENVIRON_KEYS.get(name)
+            if key is None:
+                key = _environ_key(name)
+            if key is _DROP:
+                continue
+            if key[0] != "H":
+                if key == "CONTENT_LENGTH":
+                    has_body = True
+                    if not value.isdigit():
+                        continue  # a list like "5, 5": measured below
+                elif key == "TRANSFER_ENCODING":
+                    # The connection has removed the chunked coding: wsgi.input holds
+                    # the decoded body, and CONTENT_LENGTH (below) says how long it is.
+                    has_body = True
+                    continue
+                if key in environ:
+                    continue  # the first Content-Type / Content-Length wins
+            elif key in environ:
+                # RFC 9110 §5.3: repeated fields combine with commas; cookies with
+                # "; " (RFC 6265 §5.4), since a comma could be part of a cookie.
+                environ[key] += "; " + value if key == "HTTP_COOKIE" else ", " + value
+                continue
+            elif key == "HTTP_HOST":
+                host = value
+            environ[key] = value
+
+        stream = request.stream
+        environ["wsgi.input"] = stream
+        if has_body and "CONTENT_LENGTH" not in environ:
+            environ["CONTENT_LENGTH"] = str(_stream_size(stream))
+
+        local = request.local
+        address = self._server_address.get(local, _END) if type(local) is tuple else None
+        if address is _END:
+            address = _tcp_server_address(local)
+            if len(self._server_address) < _CACHE_MAX:
+                self._server_address[local] = address
+        if address is None:
+            address = self._server_address_from_host(host, local)
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = address
+
+        peer = request.peer
+        if type(peer) is tuple:
+            environ["REMOTE_ADDR"] = peer[0]
+            environ["REMOTE_PORT"] = str(peer[1])
+        else:
+            environ["REMOTE_ADDR"] = peer or ""  # a Unix socket's peer, usually unnamed
+        return environ
+
+    def _server_address_from_host(self, host: str | None, local) -> tuple[str, str]:
+        """SERVER_NAME and SERVER_PORT when the listener's address does not say."""
+        port = str(local[1]) if type(local) is tuple else self._default_port
+        if host:
+            name, sep, host_port = host.rpartition(":")
+            if sep and host_port.isdigit() and not name.endswith(":"):
+                if type(local) is not tuple:
+                    port = host_port
+            else:
+                name = host
+            if name.startswith("[") and name.endswith("]"):
+                name = name[1:-1]
+            if name:
+                return name, port
+        if type(local) is tuple:
+            return local[0], port
+        return "localhost", port
+
+
+class _NoStartResponse(Exception):
+    def __str__(self) -> str:
+        return "the WSGI application did not call start_response()"
+
+
+class _Exchange:
+    """What the application has said so far about one response."""
+
+    __slots__ = ("status", "headers", "content_length", "headers_sent", "written", "result_closed")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.content_length: int | None = None
+        self.headers_sent = False
+        self.written: collections.deque[bytes] = collections.deque()
+        self.result_closed = False
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    # PEP 3333: too late to change the answer; let the error through.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no reference cycle through the traceback
+        elif self.status is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        code = _parse_status(status)
+        checked, length = _check_headers(headers)
+        self.status = code
+        self.headers = checked
+        self.content_length = length
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333's write(): its data goes out before the iterable's pieces."""
+        if self.status is None:
+            raise RuntimeError("write() called before start_response()")
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        self.headers_sent = True
+        if data:
+            self.written.append(data)
+
+
+class _Body:
+    """The streamed body of a WSGI response: write() data, then the iterable's pieces.
+
+    The connection pulls it only while its write buffer has room and calls
+    `close()` once however the response ends; that reaches the application
+    iterable's `close()` exactly once.
+    """
+
+    __slots__ = ("pending", "iterator", "result", "closed")
+
+    def __init__(self, pending: collections.deque[bytes], iterator: Iterator, result) -> None:
+        self.pending = pending
+        self.iterator = iterator
+        self.result = result
+        self.closed = False
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> bytes:
+        pending = self.pending
+        if pending:
+            return pending.popleft()
+        piece = next(self.iterator)
+        if type(piece) is not bytes:
+            piece = _as_bytes(piece)
+        if pending:
+            # write() was called while this piece was being produced: it came first.
+            pending.append(piece)
+            return pending.popleft()
+        return piece
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.iterator = _EMPTY
+        self.pending.clear()
+        _close(self.result)
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: a file-like object as a WSGI iterable.
+
+    Returned as is by the application, a wrapper over a regular file (one with
+    `fileno()`) is sent with sendfile; anything else is read in blocks.
+    """
+
+    __slots__ = ("filelike", "block_size", "closed")
+
+    def __init__(self, filelike, block_size: int = 64 * 1024) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+        self.closed = False
+
+    def __iter__(self) -> FileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.block_size)
+        if data:
+            return data
+        raise StopIteration
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+class _WrappedFileBody(FileBody):
+    """A FileBody whose close() closes the application's FileWrapper (and so its file)."""
+
+    __slots__ = ("wrapper",)
+
+    def __init__(self, wrapper: FileWrapper, offset: int, count: int) -> None:
+        super().__init__(wrapper.filelike, offset, count)
+        self.wrapper = wrapper
+
+    def close(self) -> None:
+        self.wrapper.close()
+
+
+class ErrorStream:
+    """`wsgi.errors`: a text stream whose lines go to the "selserve.wsgi" logger."""
+
+    def __init__(self, logger: logging.Logger = errors_log) -> None:
+        self.logger = logger
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"wsgi.errors takes str, not {type(text).__name__}")
+        with self._lock:
+            *lines, rest = (self._partial + text).split("\n")
+            if len(rest) > _ERROR_LINE_MAX:
+                lines.append(rest)
+                rest = ""
+            self._partial = rest
+        for line in lines:
+            if line:
+                self.logger.error("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest, self._partial = self._partial, ""
+        if rest:
+            self.logger.error("%s", rest)
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def script_name(root_path: str) -> str:
+    """SCRIPT_NAME for a mount point like "/app" ("" for the root), bytes-as-str."""
+    if not isinstance(root_path, str):
+        raise TypeError(f"root_path must be a str, not {type(root_path).__name__}")
+    root = root_path.rstrip("/")
+    if root and not root.startswith("/"):
+        raise ValueError(f"root_path must start with '/', e.g. /app (got {root_path!r})")
+    # Given as text (maybe with %XX escapes); compared with decoded request paths.
+    return unquote_to_bytes(root).decode("latin-1")
+
+
+def _parse_status(status: str) -> int:
+    code = _STATUS_CODES.get(status) if type(status) is str else None
+    if code is not None:
+        return code
+    if not isinstance(status, str):
+        raise TypeError(f"status must be a str like '200 OK', not {type(status).__name__}")
+    match = _STATUS.match(status)
+    if match is None:
+        raise ValueError(
+            f"invalid status {status!r}: want three digits, a space and a reason, e.g. '200 OK'"
+        )
+    code = int(match[1])
+    if not 200 <= code <= 599:
+        raise ValueError(f"invalid status {status!r}: a WSGI status is from 200 to 599")
+    if len(_STATUS_CODES) < _CACHE_MAX:
+        _STATUS_CODES[status] = code
+    return code
+
+
+_STATUS_CODES: dict[str, int] = {}
+
+
+def _check_headers(headers) -> tuple[list[tuple[str, str]], int | None]:
+    """The application's headers, checked, and the Content-Length they give (if any)."""
+    if not isinstance(headers, (list, tuple)):
+        raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+    checked = []
+    length = None
+    for item in headers:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise TypeError(f"a response header must be a (name, value) tuple, not {item!r}")
+        name, value = item
+        if not isinstance(value, str):
+            raise TypeError(f"header {name!r} has a {type(value).__name__} value, not str")
+        lower = _HEADER_NAMES.get(name) if type(name) is str else None
+        if lower is None:
+            lower = _check_name(name)
+        if _BAD_VALUE.search(value):
+            raise ValueError(
+                f"header {name!r} has CR, LF, NUL or a non-latin-1 character in its value"
+            )
+        if lower == "content-length":
+            declared = value.strip()
+            if not declared.isdigit() or not declared.isascii():
+                raise ValueError(f"invalid Content-Length {value!r}")
+            if length is not None and length != int(declared):
+                raise ValueError("conflicting Content-Length headers")
+            length = int(declared)
+        checked.append((name, value))
+    return checked, length
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a header name must be str, not {type(name).__name__}")
+    if not _TOKEN.match(name):
+        raise ValueError(f"invalid header name {name!r}")
+    lower = name.lower()
+    if lower in _HOP_BY_HOP:
+        raise ValueError(f"hop-by-hop header {name!r} is the server's business (PEP 3333)")
+    if len(_HEADER_NAMES) < _CACHE_MAX:
+        _HEADER_NAMES[name] = lower
+    return lower
+
+
+_HEADER_NAMES: dict[str, str] = {}
+
+_DROP = "<drop>"  # environ key of a header that must not reach the application
+
+
+def _environ_key(name: str) -> str:
+    # A "_" would let "X_Forwarded_For" pose as "X-Forwarded-For" once both
+    # became HTTP_X_FORWARDED_FOR: such headers are dropped.
+    key = _DROP if "_" in name else "HTTP_" + name.upper().replace("-", "_")
+    if len(_ENVIRON_KEYS) < _CACHE_MAX:
+        _ENVIRON_KEYS[name] = key
+    return key
+
+
+# Request header (lower-case) → environ key; grows up to _CACHE_MAX names.
+_ENVIRON_KEYS: dict[str, str] = {
+    "content-type": "CONTENT_TYPE",
+    "content-length": "CONTENT_LENGTH",
+    "transfer-encoding": "TRANSFER_ENCODING",  # never stored: see environ()
+}
+
+
+def _as_bytes(piece) -> bytes:
+    if isinstance(piece, bytes):
+        return piece
+    if isinstance(piece, (bytearray, memoryview)):
+        return bytes(piece)
+    raise TypeError(f"a WSGI body piece must be bytes, not {type(piece).__name__}")
+
+
+def _known_response(exchange: _Exchange, pieces: list[bytes]) -> Response:
+    """A Response for a body known in full."""
+    body = b"".join(pieces)
+    length = exchange.content_length
+    if length is None or length == len(body):
+        return Response(exchange.status, exchange.headers, body)
+    # The application's Content-Length disagrees with its body (or answers a
+    # HEAD): streamed, the connection keeps the header and enforces it.
+    return Response(
+        exchange.status, exchange.headers, _Body(collections.deque(pieces), _EMPTY, None)
+    )
+
+
+def _file_body(wrapper: FileWrapper, content_length: int | None) -> FileBody | None:
+    """A FileBody for a FileWrapper over a regular file, else None (then it is read)."""
+    filelike = wrapper.filelike
+    if isinstance(filelike, io.TextIOBase):
+        return None
+    try:
+        fd = filelike.fileno()
+        offset = filelike.tell()
+        info = os.fstat(fd)
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode) or type(offset) is not int or offset < 0:
+        return None
+    available = max(0, info.st_size - offset)
+    if content_length is None:
+        count = available
+    elif content_length <= available:
+        count = content_length
+    else:
+        return None  # shorter than promised: streamed, so the connection notices
+    return _WrappedFileBody(wrapper, offset, count)
+
+
+def _stream_size(stream) -> int:
+    position = stream.tell()
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(position)
+    return size - position
+
+
+def _tcp_server_address(local) -> tuple[str, str] | None:
+    """SERVER_NAME and SERVER_PORT of a TCP listener; None for a wildcard address."""
+    host, port = local[0], local[1]
+    if host in _WILDCARD_HOSTS:
+        return None
+    return host, str(port)
+
+
+def _close(result) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()

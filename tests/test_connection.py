@@ -1,0 +1,89 @@
+"""Connection behaviour around application failures, through an in-process server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from selserve import Response, Server, backends
+from selserve.app import native
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def failing_body(after: int, size: int = 100):
+    for _ in range(after):
+        yield b"y" * size
+    raise RuntimeError("body bug")
+
+
+@native
+def app(request):
+    if request.path == "/raise":
+        raise RuntimeError("app bug")
+    if request.path == "/not-a-response":
+        return "oops"
+    if request.path == "/bad-header":
+        return Response(200, [("X-Evil", "a\r\nSet-Cookie: owned=1")], b"body")
+    if request.path == "/fail-at-once":
+        return Response(200, [], failing_body(0))
+    if request.path == "/fail-late":
+        # far past the high-water mark: part of the answer has gone out
+        return Response(200, [], failing_body(20_000, 1024))
+    return Response(200, [], b"fine")
+
+
+@pytest.fixture(params=backends.available())
+def port(request, caplog):
+    srv = Server(app, binds=["127.0.0.1:0"], backend=request.param)
+    srv.bind()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv.listeners[0].local[1]
+    srv.shutdown()
+    thread.join(10)
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One Content-Length response: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a full head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Length")).split(
+            b":"
+        )[1]
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+def ask(sock: socket.socket, path: str) -> tuple[bytes, bytes]:
+    sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+    return read_response(sock)
+
+
+@pytest.mark.parametrize("path", ["/raise", "/not-a-response", "/bad-header", "/fail-at-once"])
+def test_failure_before_the_answer_started_gives_500_and_keeps_the_connection(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head, _ = ask(sock, path)
+        assert head.startswith(b"HTTP/1.1 500")
+        assert b"Set-Cookie" not in head
+        head, body = ask(sock, "/")
+        assert head.startswith(b"HTTP/1.1 200") and body == b"fine"
+
+
+def test_failure_after_part_of_the_answer_went_out_closes_the_connection(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /fail-late HTTP/1.1\r\nHost: t\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+        assert not received.endswith(b"0\r\n\r\n")  # never looks complete
