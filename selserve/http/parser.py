@@ -410,11 +410,12 @@ class RequestParser:
 
         headers = []
         append = headers.append
+        special_names = _SPECIAL
         special = None
         for name, value in fields:
             name = name.lower()
             append((name, value))
-            if name in _SPECIAL:
+            if name in special_names:
                 if special is None:
                     special = [(name, value)]
                 else:
@@ -482,7 +483,12 @@ class RequestParser:
             self._remaining = content_length
         else:
             self._state = _END
-        self._consume(pos + len(text))
+        head_end = pos + len(text)
+        if head_end < len(buf):
+            self._pos = head_end
+        else:
+            self._buf = b""
+            self._pos = 0
         return Request(
             method,
             target,
