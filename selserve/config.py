@@ -101,6 +101,12 @@ class Config:
         "http", "WSGI wsgi.url_scheme: https behind a TLS-terminating proxy", metavar="SCHEME"
     )
     # -- operations
+    access_log: str = _setting(
+        "", "append a Combined Log Format line per request to PATH ('-': stdout)", metavar="PATH"
+    )
+    stats_path: str = _setting(
+        "", "answer GET PATH with the server's counters as JSON (e.g. /_stats)", metavar="PATH"
+    )
     log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
     server_header: str = _setting(
         "selserve", "value of the Server header ('' to omit)", metavar="S"
@@ -139,6 +145,8 @@ class Config:
             raise ValueError("--low-water must not exceed --high-water")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("--log-level must be one of debug, info, warning, error")
+        if self.stats_path and not self.stats_path.startswith("/"):
+            raise ValueError("--stats-path must start with /, e.g. /_stats")
         if self.url_scheme not in ("http", "https"):
             raise ValueError("--url-scheme must be http or https")
         if any(c in self.server_header for c in "\r\n\0"):

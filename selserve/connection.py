@@ -54,6 +54,7 @@ BAD_REQUEST = "bad-request"
 APP_ERROR = "app-error"
 INTERNAL_ERROR = "internal-error"
 SHUTDOWN = "shutdown"
+RECLAIMED = "reclaimed"  # idle, closed to make room for a new client at the cap
 
 
 def _app_failed() -> native.Response:
@@ -92,6 +93,8 @@ class Connection:
         "producer_waiting",
         "app_failed",
         "response_mark",
+        "status",
+        "bytes_in",
     )
 
     def __init__(self, server: Server, sock: socket.socket, peer, local=None) -> None:
@@ -121,10 +124,13 @@ class Connection:
         self.producer_waiting = False  # a threaded body has nothing yet; resume() follows
         self.app_failed = False  # the body iterator raised; _pump decides what follows
         self.response_mark = 0  # bytes_sent + pending when this response began
+        self.status = 0  # of the response in progress, for the access log
+        self.bytes_in = 0
         self.timeout_reason = "header-timeout"
         self.timer = self.loop.call_later(config.header_timeout, self.on_timeout)
         self.watching = READABLE
         self.loop.watch(self.fd, self, READABLE)
+        server.idle[self] = None  # silent so far: reclaimable at the cap
 
     def __repr__(self) -> str:
         return f"<Connection fd={self.fd} {self.peer!r} {self.state}>"
@@ -143,10 +149,12 @@ class Connection:
             self.close(RECV_ERROR, exc)
             return
         if data:
+            self.bytes_in += len(data)
             if not self.head_started and self.head is None:
                 # The head has begun: from now on it has header_timeout to finish
                 # (counted from its first byte, not reset by each trickled byte).
                 self.head_started = True
+                self.server.idle.pop(self, None)
                 self._arm(self.server.config.header_timeout, "header-timeout")
             self.parser.feed(data)
         else:
@@ -241,6 +249,10 @@ class Connection:
         head = self.head
         self.requests += 1
         self.server.requests += 1
+        if head.path == self.server.config.stats_path and head.method in ("GET", "HEAD"):
+            self._take_body()
+            self._start_response(self.server.stats_response())
+            return
         request = native.Request(head, self._take_body(), self.peer, self.local)
         pool = self.server.pool
         if pool is not None:
@@ -303,6 +315,7 @@ class Connection:
             self.closeable = body
         keep_alive = head.keep_alive and not self.server.stopping
         self.response_mark = self.out.bytes_sent + self.out.size
+        self.status = response.status
         try:
             framing = wire.build_head(
                 response.status,
@@ -347,6 +360,8 @@ class Connection:
         """Answer with a small error page and close once it is sent."""
         self.keep_alive = False
         self.state = RESPONDING
+        self.status = status
+        self.response_mark = self.out.bytes_sent + self.out.size
         self.out.append(wire.error_response(status, detail, self.server.fixed))
         self._pump()
 
@@ -450,6 +465,12 @@ class Connection:
     def _response_complete(self) -> None:
         self._release_body()
         self._drop_spill()
+        access_log = self.server.access_log
+        if access_log is not None:
+            access_log.write(
+                self.peer, self.head, self.status, self.out.bytes_sent - self.response_mark
+            )
+        self.status = 0
         self.head = None
         self.head_started = False
         self.chunked = False
@@ -464,6 +485,7 @@ class Connection:
             self.head_started = True  # a pipelined request is already arriving
             self._arm(self.server.config.header_timeout, "header-timeout")
         else:
+            self.server.idle[self] = None
             self._arm(self.server.config.keepalive_timeout, "keepalive-timeout")
 
     def _refuse(self, exc: HTTPError) -> None:
@@ -536,9 +558,14 @@ class Connection:
         self._release_body()
         if not self.in_app:  # else the worker may still read it: app_returned drops it
             self._drop_spill()
+        access_log = self.server.access_log
+        if access_log is not None and self.status and self.head is not None:
+            # An answer cut short (client gone, timeout, app failure): log what was sent.
+            sent = self.out.bytes_sent - self.response_mark
+            access_log.write(self.peer, self.head, self.status, max(sent, 0))
         self.out.clear()
-        if exc is not None:
-            log.debug("%r closed: %s (%s)", self, reason, exc)
+        if self.server.debug and reason not in (DONE, PEER_CLOSED):
+            log.debug("connection %r closed: %s%s", self.peer, reason, f" ({exc})" if exc else "")
         self.server.connection_closed(self, reason)
 
     def _release_body(self) -> None:

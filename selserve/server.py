@@ -12,6 +12,7 @@ lets one connection's failure reach another.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import resource
@@ -24,9 +25,11 @@ from collections import Counter
 from collections.abc import Callable
 
 from . import backends
+from .accesslog import AccessLog, clf_time
+from .app import Response
 from .backends import READABLE
 from .config import Config
-from .connection import SHUTDOWN, Connection
+from .connection import RECLAIMED, SHUTDOWN, Connection
 from .http import response as wire
 from .loop import EventLoop
 from .workers import WorkerPool
@@ -158,6 +161,9 @@ class Server:
         self.backend = backends.create(self.config.backend)
         self.loop = EventLoop(self.backend)
         self.connections: set[Connection] = set()
+        # Connections with no request in progress, oldest-idle first (dicts keep
+        # insertion order): the ones closed to make room at the cap.
+        self.idle: dict[Connection, None] = {}
         self.listeners: list[Listener] = []
         self.limit = self.config.connection_limit
         self.parser_limits = {
@@ -171,8 +177,13 @@ class Server:
             if self.config.threads
             else None
         )
+        self.access_log = AccessLog(self.config.access_log) if self.config.access_log else None
+        self.debug = log.isEnabledFor(logging.DEBUG)
         self.stopping = False
+        self.started = time.time()
         self.requests = 0
+        self.bytes_in = 0  # of closed connections; live ones add theirs in stats()
+        self.bytes_out = 0
         self.counters: Counter[str] = Counter()
         self._accepting = False
         self._paused_until = 0.0
@@ -233,9 +244,9 @@ class Server:
     def accept_from(self, listener: Listener) -> None:
         connections = self.connections
         for _ in range(ACCEPT_BATCH):
-            if len(connections) >= self.limit:
-                # At the cap: stop watching listeners until a slot frees, so the
-                # pending clients wait in the backlog instead of being dropped.
+            if len(connections) >= self.limit and not self.idle:
+                # Every connection is busy: stop watching listeners until a slot
+                # frees, so pending clients wait in the backlog, not dropped.
                 self.count("cap-reached")
                 self._pause_accepting()
                 return
@@ -250,6 +261,10 @@ class Server:
                     self._out_of_descriptors(exc)
                     return
                 raise
+            if len(connections) >= self.limit:
+                # Like nginx's reusable connections: the longest-idle connection
+                # with no request in progress makes room for the new client.
+                next(iter(self.idle)).close(RECLAIMED)
             self.accepted(sock, peer, listener.local)
 
     def accepted(self, sock: socket.socket, peer, local=None) -> None:
@@ -319,7 +334,10 @@ class Server:
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         self.connections.discard(conn)
+        self.idle.pop(conn, None)
         self.counters[reason] += 1
+        self.bytes_in += conn.bytes_in
+        self.bytes_out += conn.out.bytes_sent
         if not self._accepting:
             self._resume_accepting()
         if self.stopping and not self.connections:
@@ -328,9 +346,33 @@ class Server:
     def count(self, what: str) -> None:
         self.counters[what] += 1
 
+    def stats(self) -> dict:
+        """Counters for monitoring: connections, requests, bytes, and why connections closed."""
+        live = self.connections
+        return {
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "backend": self.backend.name,
+            "connections_open": len(live),
+            "connections_idle": len(self.idle),
+            "connections_accepted": self.counters["accepted"],
+            "connection_limit": self.limit,
+            "requests": self.requests,
+            "bytes_in": self.bytes_in + sum(conn.bytes_in for conn in live),
+            "bytes_out": self.bytes_out + sum(conn.out.bytes_sent for conn in live),
+            "events": dict(sorted(self.counters.items())),
+        }
+
+    def stats_response(self) -> Response:
+        body = json.dumps(self.stats(), indent=1).encode("ascii")
+        return Response(200, [("Content-Type", "application/json")], body)
+
     def _refresh_date(self) -> None:
-        self.date = wire.date_line(time.time())
+        now = time.time()
+        self.date = wire.date_line(now)
         self.fixed = self.date + self._server_line
+        if self.access_log is not None:
+            self.access_log.now = clf_time(now)
+            self.access_log.flush()
         # Refresh just after the next wall-clock second begins.
         self.loop.call_later(1.0 - (time.time() % 1.0) + 0.001, self._refresh_date)
 
@@ -366,6 +408,8 @@ class Server:
             conn.close(SHUTDOWN)
         if self.pool is not None:
             self.pool.shutdown()
+        if self.access_log is not None:
+            self.access_log.close()
         for listener in self.listeners:
             self.loop.unwatch(listener.fd)
             listener.close()

@@ -307,6 +307,10 @@ def test_max_connections_queues_extra_clients_and_loses_none(backend, server_fac
             client.send(post_request("/echo", f"held {i}".encode()))
             response = client.read_final_response()
             assert (response.status, response.body) == (200, f"held {i}".encode()), proc.diag()
+            # A response in progress (a huge stream the client does not read): busy,
+            # so not reclaimable as an idle connection.
+            client.send(b"GET /stream?n=100000&size=65536 HTTP/1.1\r\nHost: held\r\n\r\n")
+            assert client.received_within(5.0).startswith(b"HTTP/1.1 200"), proc.diag()
 
         sixth = proc.connect(timeout=5)  # completes in the kernel's listen backlog
         waiting.append(sixth)
@@ -335,6 +339,26 @@ def test_max_connections_queues_extra_clients_and_loses_none(backend, server_fac
         for client in held + waiting:
             client.close()
     assert proc.get("/").status == 200, proc.diag("server stopped answering")
+
+
+@pytest.mark.timeout(60)
+def test_at_the_cap_the_longest_idle_connection_makes_room(backend, server_factory):
+    proc = server_factory(backend, "--max-connections", "5", "--keepalive-timeout", "30")
+    held: list[RawClient] = []
+    try:
+        for _ in range(5):  # accepted but silent: idle, reclaimable
+            held.append(proc.connect(timeout=5))
+        newcomer = proc.connect(timeout=5)
+        held.append(newcomer)
+        newcomer.send(post_request("/echo", b"let me in"))
+        newcomer.sock.settimeout(1.0)
+        response = newcomer.read_final_response()
+        assert (response.status, response.body) == (200, b"let me in"), proc.diag()
+        how, extra = held[0].wait_closed(timeout=2.0)
+        assert (how, extra) == ("eof", b""), proc.diag("the oldest idle connection was not closed")
+    finally:
+        for client in held:
+            client.close()
 
 
 # --------------------------------------------------------------------------- 4. select's FD_SETSIZE
