@@ -112,14 +112,15 @@ def build_app(spec: str | None, config: Config):
     def static_files(root: str):
         from .static import StaticFiles
 
-        if not os.path.isdir(root):
-            raise UsageError(f"{root!r} is not a directory (--root / --static need one)")
-        return StaticFiles(
-            root,
-            listing=not config.no_listing,
-            follow_symlinks=config.follow_symlinks,
-            precompressed=config.precompressed,
-        )
+        try:
+            return StaticFiles(
+                root,
+                listing=not config.no_listing,
+                follow_symlinks=config.follow_symlinks,
+                precompressed=config.precompressed,
+            )
+        except ValueError as exc:
+            raise UsageError(f"{exc} (--root and --static need an existing directory)") from None
 
     if config.chdir:
         try:

@@ -152,3 +152,18 @@ def test_app_server_header_replaces_the_servers():
     )
     assert b"Server: myapp" in lines(framing)
     assert b"Server: t" not in lines(framing)
+
+
+def test_304_has_no_content_length_of_its_own_and_no_chunking():
+    for method in ("GET", "HEAD"):
+        for length in (0, None):
+            framing = head(304, method=method, length=length)
+            assert not any(
+                line.startswith((b"Content-Length", b"Transfer-Encoding"))
+                for line in lines(framing)
+            ), (method, length)
+
+
+def test_304_keeps_the_apps_content_length():
+    framing = head(304, headers=[("Content-Length", "1234")], length=0)
+    assert b"Content-Length: 1234" in lines(framing)

@@ -116,6 +116,11 @@ def build_head(
     chunked = False
     if status < 200 or status == 204:
         content_length = None  # RFC 9110 §8.6: never on 1xx or 204
+    elif status == 304:
+        # RFC 9110 §8.6: only the length the 200 would have had, which only the app knows.
+        content_length = app_length
+        if content_length is not None:
+            lines.append(b"Content-Length: %d\r\n" % content_length)
     elif content_length is not None:
         lines.append(b"Content-Length: %d\r\n" % content_length)
     elif has_body and http11:

@@ -1,0 +1,707 @@
+"""Static files: the default application of `selserve`, and a mountable one.
+
+`StaticFiles(root)` answers GET and HEAD for the files under `root`: file content goes
+out as a `FileBody` (sendfile, never read into memory), with `Content-Type`,
+`Content-Length`, `Last-Modified`, an `ETag` and `Accept-Ranges: bytes`; conditional
+requests (RFC 9110 §13) give 304 or 412; `Range: bytes=` (§14) gives 206, or 416 when
+nothing asked for exists.  Several ranges are answered with one `multipart/byteranges`
+body (§14.6), read block by block as the client takes it; ranges that overlap or touch
+are merged first, and more than 16 after merging get the whole file (200).  A directory
+is answered with its `index.html`, or an HTML listing (names escaped and quoted, sorted
+directories first, with size and modification time), or 403 when listings are off; a
+directory asked for without its trailing slash is redirected (301) to the slash form.
+With `precompressed`, `file.br` or `file.gz` beside `file` is sent with its
+`Content-Encoding` to clients that accept it (`Vary: Accept-Encoding`).
+
+The ETag is `"<inode>-<size>-<mtime in ns>"` (hex): it changes when a file is rewritten
+or atomically replaced.  It is strong, except for a file modified less than a second
+ago (then `W/`), because a second write within the file system's timestamp granularity
+could change the content without changing the tag; a weak tag never satisfies `If-Range`.
+
+What it must never do: serve anything outside `root`.  The path is percent-decoded
+exactly once, segment by segment, after splitting on `/`; a segment that decodes to
+`.`, `..`, or contains `/`, `\\` or NUL, an empty segment (`//`), a malformed escape
+and raw non-ASCII are all refused with 404.  The opened file's real path (from its
+descriptor, so no race between check and use) must lie under the root's real path,
+unless `follow_symlinks` is set.  Only regular files and directories are served (a
+FIFO or a device is 404, and is opened non-blocking so it cannot stall the loop).
+Each request costs one `open` and one `fstat` on the opened descriptor (plus one
+`readlink` of the descriptor to check where it really is).
+"""
+
+from __future__ import annotations
+
+import calendar
+import errno
+import html
+import logging
+import mimetypes
+import os
+import re
+import stat
+import time
+from email.utils import formatdate, parsedate_tz
+from functools import lru_cache
+from urllib.parse import quote, unquote_to_bytes
+
+from .app import FileBody, Request, Response
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
+
+log = logging.getLogger("selserve")
+
+__all__ = ["StaticFiles", "mount"]
+
+ALLOWED_METHODS = "GET, HEAD"
+INDEX_NAME = b"index.html"
+# Parts of one multipart/byteranges answer at most; beyond it the whole file is sent.
+MAX_RANGE_PARTS = 16
+# Bytes read from the file per piece of a multipart/byteranges body.
+RANGE_BLOCK = 64 * 1024
+# A file modified less than this long ago gets a weak ETag and a weak Last-Modified
+# (RFC 9110 §8.8.2.2: a date is strong only if at least a second before Date).
+STRONG_AFTER = 1.0
+CRLF = "\r\n"
+
+# Non-blocking: opening a FIFO for reading would otherwise wait for a writer, in the loop.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+# Where the kernel tells us the real path of an open descriptor.
+_PROC_FD = b"/proc/self/fd/" if os.path.isdir("/proc/self/fd") else None
+_F_GETPATH = getattr(fcntl, "F_GETPATH", None) if fcntl is not None else None  # macOS
+
+# "%" must start an escape of two hex digits (RFC 3986 §2.1); anything else is refused.
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# entity-tag = [ W/ ] DQUOTE *etagc DQUOTE ; etagc = %x21 / %x23-7E / obs-text (§8.8.3)
+_ENTITY_TAG = re.compile(r'[\s,]*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
+# int-range = first-pos "-" [ last-pos ] ; suffix-range = "-" suffix-length (§14.1.1)
+_RANGE_SPEC = re.compile(r"(\d*)-(\d*)")
+# Accept-Encoding member: codings [ weight ] (§12.5.3)
+_CODING = re.compile(r"\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*(?:;\s*[qQ]\s*=\s*([0-9.]+))?\s*")
+
+# A byte position with more digits than this is past the end of any file.
+_MAX_POSITION_DIGITS = 18
+# Precompressed variants we look for, best first: (Content-Encoding, file suffix).
+_VARIANTS = (("br", b".br"), ("gzip", b".gz"))
+# Types whose text we declare as UTF-8 besides text/*.
+_TEXTUAL = frozenset(("application/javascript", "application/json", "application/xml"))
+# A file whose own name says it is compressed is served as that type, undecoded.
+_ENCODED_TYPES = {
+    "gzip": "application/gzip",
+    "br": "application/x-brotli",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "compress": "application/x-compress",
+}
+
+_PLAIN = ("Content-Type", "text/plain; charset=utf-8")
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
+_HTML = ("Content-Type", "text/html; charset=utf-8")
+# The listing needs no script, frame or remote resource: say so to the browser.
+_LISTING_CSP = ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+
+
+def _plain(status: int, text: bytes, *extra: tuple[str, str]) -> Response:
+    return Response(status, [_PLAIN, _NOSNIFF, *extra], text)
+
+
+def _not_found() -> Response:
+    return _plain(404, b"not found\n")
+
+
+def _forbidden() -> Response:
+    return _plain(403, b"forbidden\n")
+
+
+class StaticFiles:
+    """A native app serving the files under `root` (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        listing: bool = True,
+        follow_symlinks: bool = False,
+        precompressed: bool = False,
+    ) -> None:
+        real = os.path.realpath(os.fsencode(root))
+        if not os.path.isdir(real):
+            raise ValueError(f"static root {os.fsdecode(root)!r} is not a directory")
+        if not mimetypes.inited:
+            mimetypes.init()  # reads the system's tables now, not on the first request
+        self.root = real
+        self.listing = listing
+        self.follow_symlinks = follow_symlinks
+        self.precompressed = precompressed
+        # Real paths under the root start with this (the root itself aside).
+        self._inside = real if real.endswith(b"/") else real + b"/"
+
+    def __repr__(self) -> str:
+        return f"<StaticFiles {os.fsdecode(self.root)!r}>"
+
+    def __call__(self, request: Request) -> Response:
+        return self.serve_path(request, request.path)
+
+    # -- one request ------------------------------------------------------------
+
+    def serve_path(self, request: Request, path: str) -> Response:
+        """Answer `request` for `path` (percent-encoded, relative to the root: "/..." ).
+
+        `mount` calls this with the mount prefix stripped; `request.path` stays whole.
+        """
+        if request.method != "GET" and request.method != "HEAD":
+            return _plain(405, b"method not allowed\n", ("Allow", ALLOWED_METHODS))
+        split = _split_path(path)
+        if split is None:
+            return _not_found()
+        segments, trailing_slash = split
+        fs_path = b"/".join((self.root.rstrip(b"/"), *segments)) if segments else self.root
+        try:
+            fd = os.open(fs_path, _OPEN_FLAGS)
+        except OSError as exc:
+            return _open_failed(exc)
+        try:
+            st = os.fstat(fd)
+            if not self.follow_symlinks and not self._is_inside(fd, fs_path):
+                return _not_found()
+            if stat.S_ISDIR(st.st_mode):
+                if not trailing_slash:
+                    return _add_slash(path, request.query)
+                return self._directory(request, fd, fs_path, bool(segments))
+            if not stat.S_ISREG(st.st_mode) or trailing_slash:
+                return _not_found()
+            owned, fd = fd, -1  # _file closes it on every path from here
+            return self._file(request, owned, st, fs_path)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _is_inside(self, fd: int, fs_path: bytes) -> bool:
+        """Whether the open descriptor `fd` really lies under the root (links resolved)."""
+        try:
+            if _PROC_FD is not None:
+                real = os.readlink(_PROC_FD + b"%d" % fd)
+            elif _F_GETPATH is not None:
+                real = fcntl.fcntl(fd, _F_GETPATH, b"\0" * 1024).rstrip(b"\0")
+            else:  # no way to ask the descriptor: resolve the name (racy, but best we have)
+                real = os.path.realpath(fs_path)
+        except OSError:
+            return False
+        return real == self.root or real.startswith(self._inside)
+
+    # -- files --------------------------------------------------------------------
+
+    def _file(self, request: Request, fd: int, st: os.stat_result, fs_path: bytes) -> Response:
+        """Answer for the regular file open at `fd`; owns `fd` from here on."""
+        coding = None
+        if self.precompressed:
+            variant = self._variant(request, fs_path)
+            if variant is not None:
+                os.close(fd)
+                fd, st, coding = variant
+        try:
+            file = os.fdopen(fd, "rb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            return self._file_response(request, file, st, fs_path, coding)
+        except BaseException:
+            file.close()
+            raise
+
+    def _variant(self, request: Request, fs_path: bytes):
+        """(fd, stat, coding) of a precompressed sibling the client accepts, or None."""
+        accept = request.header("accept-encoding")
+        if not accept:
+            return None
+        for coding, suffix in _acceptable_codings(accept):
+            try:
+                fd = os.open(fs_path + suffix, _OPEN_FLAGS)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and (
+                    self.follow_symlinks or self._is_inside(fd, fs_path + suffix)
+                ):
+                    found, fd = (fd, st, coding), -1
+                    return found
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        return None
+
+    def _file_response(self, request, file, st: os.stat_result, fs_path: bytes, coding):
+        """Every answer for an open regular file; `file` is closed unless it is handed on."""
+        now = time.time()
+        size = st.st_size
+        modified = min(int(st.st_mtime), int(now))
+        strong = now - st.st_mtime >= STRONG_AFTER
+        etag = _etag(st, coding, strong)
+        headers = [("ETag", etag)]
+        if self.precompressed:
+            headers.append(("Vary", "Accept-Encoding"))
+
+        status = _preconditions(request, etag, modified)
+        if status == 304:
+            # Content-Length is that of the 200 we would have sent (RFC 9110 §8.6).
+            file.close()
+            return Response(304, [*headers, ("Content-Length", str(size))])
+        if status == 412:
+            file.close()
+            return _plain(412, b"precondition failed\n", *headers)
+
+        content_type = _content_type(os.path.basename(fs_path))
+        headers += [
+            ("Last-Modified", _imf_fixdate(modified)),
+            ("Accept-Ranges", "bytes"),
+            _NOSNIFF,
+        ]
+        if coding is not None:
+            headers.append(("Content-Encoding", coding))
+
+        ranges = None
+        # Range is defined for GET only (§14.2); If-Range can turn it off (§13.1.5).
+        range_value = request.header("range") if request.method == "GET" else None
+        if range_value is not None and size > 0 and _if_range(request, etag, modified, strong):
+            ranges = _parse_ranges(range_value, size)
+        if ranges is None or len(ranges) > MAX_RANGE_PARTS:
+            headers.append(("Content-Type", content_type))
+            return Response(200, headers, FileBody(file, 0, size))
+        if not ranges:
+            file.close()
+            return _plain(416, b"range not satisfiable\n", ("Content-Range", f"bytes */{size}"))
+        if len(ranges) == 1:
+            first, last = ranges[0]
+            headers.append(("Content-Type", content_type))
+            headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+            return Response(206, headers, FileBody(file, first, last - first + 1))
+        body = ByteRanges(file, ranges, size, content_type)
+        headers.append(("Content-Type", f"multipart/byteranges; boundary={body.boundary}"))
+        headers.append(("Content-Length", str(body.length)))
+        return Response(206, headers, body)
+
+    # -- directories --------------------------------------------------------------
+
+    def _directory(self, request: Request, fd: int, fs_path: bytes, below_root: bool) -> Response:
+        """index.html, a listing, or 403 for the directory open at `fd` (not closed here)."""
+        index_path = fs_path.rstrip(b"/") + b"/" + INDEX_NAME
+        try:
+            index_fd = os.open(INDEX_NAME, _OPEN_FLAGS, dir_fd=fd)
+        except OSError:
+            index_fd = -1
+        if index_fd >= 0:
+            try:
+                st = os.fstat(index_fd)
+                if stat.S_ISREG(st.st_mode) and (
+                    self.follow_symlinks or self._is_inside(index_fd, index_path)
+                ):
+                    owned, index_fd = index_fd, -1  # _file closes it from here
+                    return self._file(request, owned, st, index_path)
+            finally:
+                if index_fd >= 0:
+                    os.close(index_fd)
+        if not self.listing:
+            return _forbidden()
+        try:
+            page = self._listing_page(request.path, fd, fs_path, below_root)
+        except OSError as exc:
+            return _open_failed(exc)
+        return Response(200, [_HTML, _NOSNIFF, _LISTING_CSP], page)
+
+    def _listing_page(self, shown_path: str, fd: int, fs_path: bytes, below_root: bool) -> bytes:
+        dirs, files = [], []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                name = entry.name
+                if "\\" in name:
+                    continue  # would be refused if asked for: do not offer it
+                try:
+                    if entry.is_symlink() and not self.follow_symlinks:
+                        target = os.path.realpath(os.path.join(fs_path, os.fsencode(name)))
+                        if target != self.root and not target.startswith(self._inside):
+                            continue
+                    st = entry.stat()
+                except OSError:
+                    continue  # vanished, dangling link, no permission: nothing to offer
+                if stat.S_ISDIR(st.st_mode):
+                    dirs.append((name.casefold(), name, st))
+                elif stat.S_ISREG(st.st_mode):
+                    files.append((name.casefold(), name, st))
+        dirs.sort()
+        files.sort()
+        title = html.escape(unquote_to_bytes(shown_path).decode("utf-8", "replace"))
+        rows = []
+        if below_root:
+            rows.append('<tr><td><a href="../">../</a></td><td></td><td></td></tr>')
+        for group, is_dir in ((dirs, True), (files, False)):
+            for _, name, st in group:
+                raw = os.fsencode(name)
+                href = quote(raw, safe="") + ("/" if is_dir else "")
+                text = html.escape(raw.decode("utf-8", "replace") + ("/" if is_dir else ""))
+                size = "-" if is_dir else str(st.st_size)
+                when = _listing_time(st.st_mtime)
+                rows.append(
+                    f'<tr><td><a href="{html.escape(href)}">{text}</a></td>'
+                    f'<td class="size">{size}</td><td>{when}</td></tr>'
+                )
+        return _LISTING_TEMPLATE.format(title=title, rows="\n".join(rows)).encode("utf-8")
+
+
+def _listing_time(mtime: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(mtime))
+    except (OverflowError, ValueError, OSError):
+        return "-"
+
+
+_LISTING_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Index of {title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ padding: 0.2em 1.2em 0.2em 0; text-align: left; }}
+td.size {{ text-align: right; font-variant-numeric: tabular-nums; }}
+</style>
+</head>
+<body>
+<h1>Index of {title}</h1>
+<table>
+<thead><tr><th>Name</th><th class="size">Size (bytes)</th><th>Modified</th></tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+class ByteRanges:
+    """A `multipart/byteranges` body (RFC 9110 §14.6) over several ranges of one open file.
+
+    The server pulls it like any streamed body, so at most a block of the file is in
+    memory at a time; `close()` closes the file, whether or not iteration started.
+    """
+
+    __slots__ = ("boundary", "length", "_file", "_pieces", "_next", "_offset", "_left")
+
+    def __init__(self, file, ranges: list[tuple[int, int]], size: int, content_type: str):
+        self.boundary = os.urandom(12).hex()
+        self._file = file
+        # (part head, offset, count) per part, then the closing delimiter with count 0.
+        pieces = []
+        for index, (first, last) in enumerate(ranges):
+            head = (
+                f"{'' if index == 0 else CRLF}--{self.boundary}\r\n"
+                f"Content-Type: {content_type}\r\n"
+                f"Content-Range: bytes {first}-{last}/{size}\r\n\r\n"
+            ).encode("latin-1")
+            pieces.append((head, first, last - first + 1))
+        pieces.append((f"\r\n--{self.boundary}--\r\n".encode("latin-1"), 0, 0))
+        self.length = sum(len(head) + count for head, _, count in pieces)
+        self._pieces = pieces
+        self._next = 0  # index of the part whose head is sent next
+        self._offset = 0
+        self._left = 0  # bytes of the current part still to read
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        if self._left:
+            block = os.pread(self._file.fileno(), min(self._left, RANGE_BLOCK), self._offset)
+            if not block:
+                raise OSError(errno.EIO, "file shrank while being sent")
+            self._offset += len(block)
+            self._left -= len(block)
+            return block
+        if self._next == len(self._pieces):
+            raise StopIteration
+        head, self._offset, self._left = self._pieces[self._next]
+        self._next += 1
+        return head
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# -- mounting -------------------------------------------------------------------------
+
+
+def mount(app, mounts: list[tuple[str, StaticFiles]]):
+    """A native app: requests whose path is under a prefix (e.g. "/assets") go to that
+    StaticFiles with the prefix stripped; everything else goes to `app`.
+
+    The longest matching prefix wins.  The bare prefix ("/assets") is redirected to
+    "/assets/".  Matching is on the raw (percent-encoded) path.
+    """
+    table = []
+    for prefix, static in mounts:
+        if not prefix.startswith("/"):
+            raise ValueError(f"mount prefix {prefix!r} must start with '/'")
+        if not callable(getattr(static, "serve_path", None)):
+            raise TypeError(f"mount {prefix!r}: expected a StaticFiles, got {static!r}")
+        prefix = quote(prefix.rstrip("/"), safe="/%")
+        table.append((prefix, static))
+    table.sort(key=lambda item: len(item[0]), reverse=True)
+
+    def mounted(request: Request) -> Response:
+        path = request.path
+        for prefix, static in table:
+            if not prefix:  # mounted at "/": everything is static
+                return static.serve_path(request, path)
+            if path.startswith(prefix):
+                rest = path[len(prefix) :]
+                if rest.startswith("/"):
+                    return static.serve_path(request, rest)
+                if not rest:
+                    if request.method != "GET" and request.method != "HEAD":
+                        return _plain(405, b"method not allowed\n", ("Allow", ALLOWED_METHODS))
+                    return _add_slash(path, request.query)
+        return app(request)
+
+    mounted.mounts = table
+    return mounted
+
+
+# -- paths ----------------------------------------------------------------------------
+
+
+def _split_path(path: str) -> tuple[list[bytes], bool] | None:
+    """([decoded segment, ...], trailing slash) of a request path, or None to refuse it.
+
+    Split first, then decode each segment once: "%2F" can never become a separator and
+    "%252e" stays the literal name "%2e".
+    """
+    if path == "/":
+        return [], True
+    if not path.startswith("/") or not path.isascii():
+        return None
+    trailing_slash = path.endswith("/")
+    inner = path[1:-1] if trailing_slash else path[1:]
+    if not inner:
+        return None  # "//"
+    segments = []
+    for part in inner.split("/"):
+        if not part:
+            return None  # "//": an empty segment, or an absolute path after the first slash
+        if "%" in part:
+            if _BAD_ESCAPE.search(part):
+                return None
+            name = unquote_to_bytes(part)
+        else:
+            name = part.encode("ascii")
+        if name == b".." or name == b"." or b"/" in name or b"\\" in name or b"\0" in name:
+            return None
+        segments.append(name)
+    return segments, trailing_slash
+
+
+def _add_slash(path: str, query: str) -> Response:
+    # A relative reference to the last segment plus "/": right under any mount prefix,
+    # and never read as a scheme ("./a:b/") or another host ("//evil/").
+    location = "./" + path.rsplit("/", 1)[1] + "/"
+    if query:
+        location += "?" + query
+    return Response(
+        301,
+        [_HTML, _NOSNIFF, ("Location", location)],
+        f'<a href="{html.escape(location)}">moved here</a>\n'.encode(),
+    )
+
+
+def _open_failed(exc: OSError) -> Response:
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        return _forbidden()
+    if code in (errno.EMFILE, errno.ENFILE):
+        log.warning("static: out of file descriptors (%s)", exc)
+        return _plain(503, b"server busy\n", ("Retry-After", "1"))
+    if code not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL):
+        log.error("static: cannot open a file: %s", exc)
+    return _not_found()
+
+
+@lru_cache(maxsize=1024)
+def _imf_fixdate(timestamp: int) -> str:
+    return formatdate(timestamp, usegmt=True)
+
+
+@lru_cache(maxsize=1024)
+def _content_type(name: bytes) -> str:
+    kind, encoding = mimetypes.guess_type(os.fsdecode(name), strict=False)
+    if encoding is not None:
+        return _ENCODED_TYPES.get(encoding, "application/octet-stream")
+    if kind is None:
+        return "application/octet-stream"
+    if kind.startswith("text/") or kind in _TEXTUAL:
+        return kind + "; charset=utf-8"
+    return kind
+
+
+# -- validators and preconditions ---------------------------------------------------
+
+
+def _etag(st: os.stat_result, coding: str | None, strong: bool) -> str:
+    tag = f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+    if coding is not None:
+        tag += "-" + coding
+    return f'"{tag}"' if strong else f'W/"{tag}"'
+
+
+def _tags(value: str) -> list[tuple[bool, str]] | None:
+    """The (weak, opaque-tag) members of an entity-tag list; None if it is malformed."""
+    out = []
+    pos = 0
+    while pos < len(value):
+        m = _ENTITY_TAG.match(value, pos)
+        if m is None:
+            if value[pos:].strip(" \t,") == "":
+                break
+            return None
+        out.append((m[1] is not None, m[2]))
+        pos = m.end()
+    return out
+
+
+def _matches(value: str, etag: str, *, strong_comparison: bool) -> bool:
+    """Whether an If-Match/If-None-Match value names `etag` (RFC 9110 §8.8.3.2)."""
+    if value.strip() == "*":
+        return True  # a current representation exists
+    tags = _tags(value)
+    if not tags:
+        return False
+    ours_weak = etag.startswith("W/")
+    ours = etag[3:-1] if ours_weak else etag[1:-1]
+    for weak, opaque in tags:
+        if opaque == ours and (not strong_comparison or not (weak or ours_weak)):
+            return True
+    return False
+
+
+def _http_date(value: str) -> int | None:
+    """Seconds since the epoch for an HTTP-date (any of the three forms of §5.6.7)."""
+    parts = parsedate_tz(value)
+    if parts is None:
+        return None
+    try:
+        return calendar.timegm(parts[:6]) - (parts[9] or 0)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _preconditions(request: Request, etag: str, modified: int) -> int:
+    """0 to go on, 304 or 412, in the order of RFC 9110 §13.2.2."""
+    if_match = request.header("if-match")
+    if if_match is not None:
+        if not _matches(if_match, etag, strong_comparison=True):
+            return 412
+    else:
+        since = request.header("if-unmodified-since")
+        if since is not None:
+            date = _http_date(since)
+            if date is not None and modified > date:
+                return 412
+    if_none_match = request.header("if-none-match")
+    if if_none_match is not None:
+        return 304 if _matches(if_none_match, etag, strong_comparison=False) else 0
+    since = request.header("if-modified-since")
+    if since is not None:
+        date = _http_date(since)
+        if date is not None and modified <= date:
+            return 304
+    return 0
+
+
+def _if_range(request: Request, etag: str, modified: int, strong: bool) -> bool:
+    """Whether the Range may be honoured: no If-Range, or it names the current
+    representation by a strong validator (§13.1.5)."""
+    value = request.header("if-range")
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        return strong and not value.startswith("W/") and value == etag
+    date = _http_date(value)
+    return strong and date is not None and date == modified
+
+
+def _parse_ranges(value: str, size: int) -> list[tuple[int, int]] | None:
+    """Satisfiable (first, last) byte ranges, merged and sorted; [] if none is
+    satisfiable (416); None if the header is not a valid bytes range-set (ignored)."""
+    unit, eq, spec = value.partition("=")
+    if not eq or unit.strip().lower() != "bytes":
+        return None
+    ranges = []
+    valid = 0
+    for item in spec.split(","):
+        item = item.strip(" \t")
+        if not item:
+            continue  # empty list members are allowed (§5.6.1.2)
+        m = _RANGE_SPEC.fullmatch(item)
+        if m is None:
+            return None
+        first_text, last_text = m.groups()
+        if first_text:
+            first = _position(first_text)
+            last = _position(last_text) if last_text else size - 1
+            if last_text and last < first:
+                return None  # invalid int-range: the whole header is invalid
+            valid += 1
+            if first < size:
+                ranges.append((first, min(last, size - 1)))
+        elif last_text:
+            valid += 1
+            suffix = _position(last_text)
+            if suffix > 0:
+                ranges.append((max(0, size - suffix), size - 1))
+        else:
+            return None  # "-" alone
+    if not valid:
+        return None
+    ranges.sort()
+    merged: list[tuple[int, int]] = []
+    for first, last in ranges:
+        if merged and first <= merged[-1][1] + 1:
+            if last > merged[-1][1]:
+                merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def _position(digits: str) -> int:
+    # int() of thousands of digits is slow (and refused past 4300): no file is that long.
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10**_MAX_POSITION_DIGITS
+
+
+def _acceptable_codings(accept: str) -> list[tuple[str, bytes]]:
+    """Our precompressed variants the client accepts, most preferred first (§12.5.3)."""
+    weights: dict[str, float] = {}
+    for member in accept.split(","):
+        m = _CODING.fullmatch(member)
+        if m is None:
+            continue
+        try:
+            q = float(m[2]) if m[2] is not None else 1.0
+        except ValueError:
+            continue
+        weights[m[1].lower()] = q
+    star = weights.get("*", 0.0)
+    found = []
+    for rank, (coding, suffix) in enumerate(_VARIANTS):
+        q = weights.get(coding, star)
+        if coding == "gzip" and "gzip" not in weights:
+            q = weights.get("x-gzip", star)
+        if q > 0:
+            found.append((-q, rank, coding, suffix))
+    found.sort()
+    return [(coding, suffix) for _, _, coding, suffix in found]
