@@ -13,6 +13,8 @@ import random
 import signal
 import sys
 import tempfile
+import threading
+import time
 import uuid
 import warnings
 from types import SimpleNamespace
@@ -1346,6 +1348,19 @@ def test_validated_apps_are_served_without_complaint(validated_server, record_di
 
 
 @pytest.mark.timeout(30)
+def test_slow_app_with_threads_does_not_delay_a_quick_request(wsgi_server_factory):
+    server = wsgi_server_factory("router", settings={"threads": 4})
+    slow = threading.Thread(target=server.get, args=("/sleep",))
+    slow.start()
+    try:
+        time.sleep(0.2)  # the slow request now occupies a worker
+        elapsed, status = server.timed_get("/hello")
+    finally:
+        slow.join(10)
+    assert status == 200
+    assert elapsed < 0.5, f"a quick request waited {elapsed:.2f} s behind a sleeping app"
+
+
 def test_flask_json_route(flask_server):
     reply = requests.get(flask_server.url + "/json", timeout=5)
     assert reply.status_code == 200, flask_server.diag(reply.text)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import warnings
 from urllib.parse import parse_qs
 from wsgiref.validate import WSGIWarning, validator
@@ -204,6 +205,13 @@ def errors_app(environ, start_response):
     return [b"logged\n"]
 
 
+def sleep_app(environ, start_response):
+    """A blocking app: sleeps a second (with --threads it must not hold up others)."""
+    time.sleep(1.0)
+    start_response("200 OK", TEXT)
+    return [b"slept\n"]
+
+
 ROUTES = {
     "/hello": hello,
     "/env": environ_json,
@@ -218,6 +226,7 @@ ROUTES = {
     "/bad-header": bad_header,
     "/file": file_app,
     "/errors": errors_app,
+    "/sleep": sleep_app,
 }
 
 
