@@ -35,6 +35,12 @@ log = logging.getLogger("selserve")
 
 READING, RESPONDING, LINGERING, CLOSED_STATE = "reading", "responding", "lingering", "closed"
 
+# Timeout reasons (also close reasons).
+HEADER_TIMEOUT = "header-timeout"
+BODY_TIMEOUT = "body-timeout"
+WRITE_TIMEOUT = "write-timeout"
+KEEPALIVE_TIMEOUT = "keepalive-timeout"
+
 # Bytes asked of recv() at once.
 READ_SIZE = 64 * 1024
 # A streamed body may put this many bytes in the buffer per turn before other
@@ -126,7 +132,7 @@ class Connection:
         self.response_mark = 0  # bytes_sent + pending when this response began
         self.status = 0  # of the response in progress, for the access log
         self.bytes_in = 0
-        self.timeout_reason = "header-timeout"
+        self.timeout_reason = HEADER_TIMEOUT
         self.timer = self.loop.call_later(config.header_timeout, self.on_timeout)
         self.watching = READABLE
         self.loop.watch(self.fd, self, READABLE)
@@ -150,16 +156,23 @@ class Connection:
             return
         if data:
             self.bytes_in += len(data)
-            if not self.head_started and self.head is None:
-                # The head has begun: from now on it has header_timeout to finish
-                # (counted from its first byte, not reset by each trickled byte).
+            if not self.head_started:
                 self.head_started = True
                 self.server.idle.pop(self, None)
-                self._arm(self.server.config.header_timeout, "header-timeout")
             self.parser.feed(data)
         else:
             self.parser.feed_eof()
         self._advance()
+        if (
+            self.head_started
+            and self.head is None
+            and self.state is READING
+            and self.timeout_reason is not HEADER_TIMEOUT
+        ):
+            # A head has begun and is not complete: from now on it has
+            # header_timeout to finish, counted from its first byte and not
+            # extended by each trickled byte (slowloris).
+            self._arm(self.server.config.header_timeout, HEADER_TIMEOUT)
 
     def on_writable(self) -> None:
         if self.state is RESPONDING:
@@ -178,7 +191,7 @@ class Connection:
 
     def on_timeout(self) -> None:
         reason = self.timeout_reason
-        if reason == "header-timeout" and self.head_started and self.state is READING:
+        if reason == HEADER_TIMEOUT and self.head_started and self.state is READING:
             self._try_send_now(wire.error_response(408, "request head too slow", self.server.fixed))
         self.close(reason)
 
@@ -199,7 +212,7 @@ class Connection:
             kind = type(event)
             if kind is Data:
                 self._keep_body(event.data)
-                self._arm(self.server.config.body_timeout, "body-timeout")
+                self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
             elif kind is Request:
                 self._start_request(event)
             elif kind is EndOfMessage:
@@ -238,7 +251,7 @@ class Connection:
     def _start_request(self, head: Request) -> None:
         self.head = head
         if head.has_body:
-            self._arm(self.server.config.body_timeout, "body-timeout")
+            self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
             if head.expect_continue:
                 # RFC 9110 §10.1.1: the client waits for this before sending the body.
                 self._try_send_now(wire.CONTINUE)
@@ -249,7 +262,7 @@ class Connection:
         head = self.head
         self.requests += 1
         self.server.requests += 1
-        if head.path == self.server.config.stats_path and head.method in ("GET", "HEAD"):
+        if head.path == self.server.stats_path and head.method in ("GET", "HEAD"):
             self._take_body()
             self._start_response(self.server.stats_response())
             return
@@ -305,7 +318,7 @@ class Connection:
     def _start_response(self, response: native.Response) -> None:
         head = self.head
         body = response.body
-        if isinstance(body, (bytes, bytearray, memoryview)):
+        if type(body) is bytes or isinstance(body, (bytearray, memoryview)):
             length = len(body)
         elif isinstance(body, native.FileBody):
             length = body.count
@@ -336,7 +349,23 @@ class Connection:
         self.state = RESPONDING
         out = self.out
         if length is not None and self.closeable is None:  # plain bytes
-            out.append(framing.data + body if framing.has_body else framing.data)
+            data = b"".join((framing.data, body)) if framing.has_body and length else framing.data
+            if not out.size:
+                # Optimistic: most answers fit in the socket buffer at once, and
+                # then no buffer, no writability watch and no flush are involved.
+                try:
+                    sent = self.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self.close(SEND_ERROR, exc)
+                    return
+                out.bytes_sent += sent
+                if sent == len(data):
+                    self._response_complete()
+                    return
+                data = memoryview(data)[sent:]
+            out.append(data)
         elif length is not None:  # a file
             out.append(framing.data)
             if framing.has_body:
@@ -386,7 +415,7 @@ class Connection:
                 return
             if not drained:
                 self._watch(WRITABLE)
-                self._arm(self.server.config.write_timeout, "write-timeout")
+                self._arm(self.server.config.write_timeout, WRITE_TIMEOUT)
                 return
             if self.producer is None:
                 self._response_complete()
@@ -399,7 +428,7 @@ class Connection:
                 # The socket would take more, but others deserve a turn; being
                 # writable, we are called again on the next turn.
                 self._watch(WRITABLE)
-                self._arm(self.server.config.write_timeout, "write-timeout")
+                self._arm(self.server.config.write_timeout, WRITE_TIMEOUT)
                 return
 
     def _produce(self) -> int:
@@ -463,30 +492,37 @@ class Connection:
         self._release_body()
 
     def _response_complete(self) -> None:
-        self._release_body()
-        self._drop_spill()
-        access_log = self.server.access_log
+        if self.closeable is not None:
+            self._release_body()
+        if self.spill is not None:
+            self._drop_spill()
+        server = self.server
+        access_log = server.access_log
         if access_log is not None:
             access_log.write(
                 self.peer, self.head, self.status, self.out.bytes_sent - self.response_mark
             )
         self.status = 0
         self.head = None
-        self.head_started = False
         self.chunked = False
         self.remaining = None
-        if not self.keep_alive or self.server.stopping:
+        self.body_size = 0
+        if not self.keep_alive or server.stopping:
             self._close_after_response()
             return
         self.state = READING
-        self.parser.start_next_request()
-        self._watch(READABLE)
-        if self.parser.buffered:
+        parser = self.parser
+        parser.start_next_request()
+        if self.watching != READABLE:
+            self._watch(READABLE)
+        if parser.buffered:
             self.head_started = True  # a pipelined request is already arriving
-            self._arm(self.server.config.header_timeout, "header-timeout")
+            self._arm(server.config.header_timeout, HEADER_TIMEOUT)
         else:
-            self.server.idle[self] = None
-            self._arm(self.server.config.keepalive_timeout, "keepalive-timeout")
+            self.head_started = False
+            server.idle[self] = None
+            self.timeout_reason = KEEPALIVE_TIMEOUT
+            self.timer.reschedule(self.loop.now + server.keepalive_timeout)
 
     def _refuse(self, exc: HTTPError) -> None:
         """Answer a request we cannot parse or accept, then close."""

@@ -177,6 +177,8 @@ class Server:
             if self.config.threads
             else None
         )
+        self.stats_path = self.config.stats_path or None  # None never equals a path
+        self.keepalive_timeout = self.config.keepalive_timeout
         self.access_log = AccessLog(self.config.access_log) if self.config.access_log else None
         self.debug = log.isEnabledFor(logging.DEBUG)
         self.stopping = False

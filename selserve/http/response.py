@@ -92,52 +92,90 @@ def build_head(
     from the app wins for streamed bodies; without one, HTTP/1.1 gets chunked
     encoding and HTTP/1.0 a close-delimited body.
     """
-    lines = [status_line(status), fixed]
+    block, app_length, wants_close, names_server = encode_headers(headers)
+    if wants_close:
+        keep_alive = False
+    has_body = method != "HEAD" and status >= 200 and status != 204 and status != 304
+    content_length = body_length if body_length is not None else app_length
+    chunked = False
+    if status < 200 or status == 204:
+        content_length = None  # RFC 9110 §8.6: never on 1xx or 204
+        framing = b""
+    elif status == 304:
+        # RFC 9110 §8.6: only the length the 200 would have had, which only the app knows.
+        content_length = app_length
+        framing = b"" if app_length is None else b"Content-Length: %d\r\n" % app_length
+    elif content_length is not None:
+        framing = b"Content-Length: %d\r\n" % content_length
+    elif has_body and http11:
+        chunked = True
+        framing = b"Transfer-Encoding: chunked\r\n"
+    elif has_body:
+        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+        framing = b""
+    elif method == "HEAD" and http11:
+        framing = b"Transfer-Encoding: chunked\r\n"  # what GET would have said
+    else:
+        framing = b""
+
+    if http11:
+        connection = b"" if keep_alive else b"Connection: close\r\n"
+    else:
+        connection = b"Connection: keep-alive\r\n" if keep_alive else b""
+    data = b"%s%s%s%s%s\r\n" % (
+        STATUS_LINES.get(status) or status_line(status),
+        date if names_server and date else fixed,
+        block,
+        framing,
+        connection,
+    )
+    return ResponseHead(data, content_length, chunked, keep_alive, has_body)
+
+
+# Encoded application header blocks by their (name, value) tuples: most apps send the
+# same few header sets over and over.  Bounded; cleared when full.
+_HEADER_CACHE: dict[tuple, tuple[bytes, int | None, bool, bool]] = {}
+_HEADER_CACHE_MAX = 512
+
+
+def encode_headers(headers) -> tuple[bytes, int | None, bool, bool]:
+    """(encoded block, app Content-Length, app asked to close, app named a Server).
+
+    Checks every name and value: a bad one raises `InvalidHeader` and is never
+    cached, so it is checked (and refused) every time.
+    """
+    try:
+        key = tuple(headers)
+        cached = _HEADER_CACHE.get(key)
+    except TypeError:  # unhashable pieces (lists): encode without caching
+        key = cached = None
+    if cached is not None:
+        return cached
+    lines = []
     app_length: int | None = None
+    wants_close = names_server = False
     for name, value in headers:
         lower = name.lower()
         if lower in _SERVER_OWNED:
             if lower == "content-length":
                 app_length = _parse_length(value)
             elif lower == "connection" and "close" in value.lower():
-                keep_alive = False
+                wants_close = True
             # Transfer-Encoding and Date are the server's business: dropped.
             continue
-        if lower == "server" and date:
-            lines[1] = date
+        if lower == "server":
+            names_server = True
         if not _TOKEN.match(name):
             raise InvalidHeader(f"invalid header name {name!r}")
         if _FORBIDDEN_IN_VALUE.search(value):
             raise InvalidHeader(f"header {name!r} has CR, LF or NUL in its value")
         lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-
-    has_body = body_allowed(status, method)
-    content_length = body_length if body_length is not None else app_length
-    chunked = False
-    if status < 200 or status == 204:
-        content_length = None  # RFC 9110 §8.6: never on 1xx or 204
-    elif status == 304:
-        # RFC 9110 §8.6: only the length the 200 would have had, which only the app knows.
-        content_length = app_length
-        if content_length is not None:
-            lines.append(b"Content-Length: %d\r\n" % content_length)
-    elif content_length is not None:
-        lines.append(b"Content-Length: %d\r\n" % content_length)
-    elif has_body and http11:
-        chunked = True
-        lines.append(b"Transfer-Encoding: chunked\r\n")
-    elif has_body:
-        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
-    elif method == "HEAD" and http11:
-        lines.append(b"Transfer-Encoding: chunked\r\n")  # what GET would have said
-
-    if http11:
-        if not keep_alive:
-            lines.append(b"Connection: close\r\n")
-    elif keep_alive:
-        lines.append(b"Connection: keep-alive\r\n")
-    lines.append(b"\r\n")
-    return ResponseHead(b"".join(lines), content_length, chunked, keep_alive, has_body)
+    result = (b"".join(lines), app_length, wants_close, names_server)
+    if key is not None:
+        if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[key] = result
+    return result
 
 
 def _parse_length(value: str) -> int:
