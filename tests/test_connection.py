@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -37,7 +38,7 @@ def app(request):
 
 @pytest.fixture(params=backends.available())
 def port(request, caplog):
-    srv = Server(app, binds=["127.0.0.1:0"], backend=request.param)
+    srv = Server(app, binds=["127.0.0.1:0"], backend=request.param, header_timeout=0.5)
     srv.bind()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -87,3 +88,28 @@ def test_failure_after_part_of_the_answer_went_out_closes_the_connection(port):
             received += chunk
         assert received.startswith(b"HTTP/1.1 200")
         assert not received.endswith(b"0\r\n\r\n")  # never looks complete
+
+
+def test_a_trickled_head_is_cut_off_at_the_header_timeout(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        head, _ = ask(sock, "/")  # a keep-alive request first: the idle timer is 5 s
+        assert head.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        received = b""
+        for byte in b"GET / HTTP/1.1\r\nHost: slow\r\nX-Pad: " + b"a" * 40:
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.05)
+            if time.monotonic() - started > 3:
+                break
+        sock.settimeout(3)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        elapsed = time.monotonic() - started
+    assert received.startswith(b"HTTP/1.1 408")
+    assert 0.4 < elapsed < 2.0, f"cut off after {elapsed:.2f} s, header timeout is 0.5 s"
