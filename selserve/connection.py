@@ -250,7 +250,7 @@ class Connection:
 
     def _start_request(self, head: Request) -> None:
         self.head = head
-        if head.has_body:
+        if head.chunked or head.content_length:
             self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
             if head.expect_continue:
                 # RFC 9110 §10.1.1: the client waits for this before sending the body.
@@ -266,7 +266,8 @@ class Connection:
             self._take_body()
             self._start_response(self.server.stats_response())
             return
-        request = native.Request(head, self._take_body(), self.peer, self.local)
+        body = self._take_body() if self.body or self.spill is not None else b""
+        request = native.Request(head, body, self.peer, self.local)
         pool = self.server.pool
         if pool is not None:
             # Until the worker answers, neither read (pipelined input would pile
@@ -282,7 +283,10 @@ class Connection:
         except Exception:
             log.exception("application error on %s %s", head.method, head.target)
             response = None
-        self._answer(response)
+        if type(response) is native.Response:
+            self._start_response(response)
+        else:
+            self._answer(response)
 
     def app_returned(self, response) -> None:
         """A worker's result, delivered in the loop."""
