@@ -1,0 +1,109 @@
+"""Operations: the access log, the counters behind --stats-path, log levels."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from conftest import get_request, post_request
+
+pytestmark = pytest.mark.timeout(60)
+
+# Combined Log Format: host ident user [time] "request" status size "referer" "agent"
+CLF = re.compile(
+    r"(?P<host>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000)\] "
+    r'"(?P<request>(?:[^"\\]|\\.)*)" (?P<status>\d{3}) (?P<size>\d+) '
+    r'"(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)"\Z'
+)
+
+
+def read_log_lines(path, count: int, timeout: float = 5.0) -> list[str]:
+    """Lines of the access log once it holds `count` (it is flushed once a second)."""
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = path.read_text(encoding="latin-1").splitlines()
+            if len(lines) >= count:
+                return lines
+        time.sleep(0.1)
+    raise AssertionError(f"access log has {len(lines)} lines, expected {count}: {lines}")
+
+
+def test_access_log_writes_one_combined_line_per_request(backend, server_factory, tmp_path):
+    log_path = tmp_path / "access.log"
+    proc = server_factory(backend, "--access-log", str(log_path))
+    with proc.connect() as client:
+        client.send(get_request("/", extra='Referer: http://r.example/\r\nUser-Agent: t"q\\x\r\n'))
+        assert client.read_final_response().status == 200
+        client.send(post_request("/echo", b"12345"))
+        assert client.read_final_response().status == 200
+        client.send(get_request("/nope"))
+        assert client.read_final_response().status == 404
+    lines = read_log_lines(log_path, 3)
+    fields = [CLF.match(line) for line in lines]
+    assert all(fields), lines
+    first, echo, missing = (m.groupdict() for m in fields)
+    assert (first["host"], first["request"], first["status"]) == (
+        "127.0.0.1",
+        "GET / HTTP/1.1",
+        "200",
+    )
+    assert (first["referer"], first["agent"]) == ("http://r.example/", 't\\"q\\\\x')
+    assert (echo["request"], echo["status"]) == ("POST /echo HTTP/1.1", "200")
+    assert int(echo["size"]) > 5  # head and body of the answer
+    assert (missing["request"], missing["status"]) == ("GET /nope HTTP/1.1", "404")
+
+
+def test_access_log_records_refused_requests(backend, server_factory, tmp_path):
+    log_path = tmp_path / "access.log"
+    proc = server_factory(backend, "--access-log", str(log_path))
+    with proc.connect() as client:
+        client.send(b"GET / HTTP/1.1\r\n\r\n")  # no Host
+        assert client.read_final_response().status == 400
+    (line,) = read_log_lines(log_path, 1)
+    match = CLF.match(line)
+    assert match and (match["request"], match["status"]) == ("-", "400"), line
+
+
+def test_stats_path_counts_requests_and_why_connections_ended(backend, server_factory):
+    proc = server_factory(backend, "--stats-path", "/_stats", "--keepalive-timeout", "0.3")
+    for _ in range(3):
+        assert proc.get("/").status == 200
+    with proc.connect() as idle:
+        idle.send(get_request("/"))
+        assert idle.read_final_response().status == 200
+        how, _ = idle.wait_closed(timeout=3.0)
+        assert how == "eof"
+    with proc.connect() as bad:
+        bad.send(b"BROKEN\r\n\r\n")
+        assert bad.read_final_response().status == 400
+    response = proc.get("/_stats")
+    assert response.status == 200
+    assert response.header("Content-Type") == "application/json"
+    stats = json.loads(response.body)
+    assert stats["backend"] == backend
+    assert stats["requests"] >= 5
+    assert stats["connections_accepted"] >= 6
+    assert stats["events"]["keepalive-timeout"] >= 1
+    assert stats["events"]["http-400"] == 1
+    assert stats["bytes_in"] > 0 and stats["bytes_out"] > 0
+
+
+def test_stats_path_is_off_by_default(server):
+    assert server.get("/_stats").status == 404
+
+
+def test_debug_log_names_the_reason_a_connection_ended(backend, server_factory):
+    proc = server_factory(backend, "--log-level", "debug", "--keepalive-timeout", "0.3")
+    with proc.connect() as idle:
+        idle.send(get_request("/"))
+        assert idle.read_final_response().status == 200
+        idle.wait_closed(timeout=3.0)
+    deadline = time.monotonic() + 3
+    while "keepalive-timeout" not in proc.stderr_tail() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "closed: keepalive-timeout" in proc.stderr_tail()
+    assert "Traceback" not in proc.stderr_tail()
