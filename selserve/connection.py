@@ -135,7 +135,7 @@ class Connection:
         self.timer = self.loop.call_later(config.header_timeout, self.on_timeout)
         self.watching = READABLE
         self.loop.watch(self.fd, self, READABLE)
-        server.idle[self] = None  # silent so far: reclaimable at the cap
+        server.idle[self] = self.loop.now  # silent so far: reclaimable at the cap
 
     def __repr__(self) -> str:
         return f"<Connection fd={self.fd} {self.peer!r} {self.state}>"
@@ -169,8 +169,9 @@ class Connection:
             and self.timeout_reason is not HEADER_TIMEOUT
         ):
             # A head has begun and is not complete: from now on it has
-            # header_timeout to finish, counted from its first byte and not
-            # extended by each trickled byte (slowloris).
+            # header_timeout to finish, counted from its first byte (from
+            # accept for a new connection) and not extended by each trickled
+            # byte (slowloris).
             self._arm(self.server.config.header_timeout, HEADER_TIMEOUT)
 
     def on_writable(self) -> None:
@@ -523,7 +524,7 @@ class Connection:
             self._arm(server.config.header_timeout, HEADER_TIMEOUT)
         else:
             self.head_started = False
-            server.idle[self] = None
+            server.idle[self] = self.loop.now
             self.timeout_reason = KEEPALIVE_TIMEOUT
             self.timer.reschedule(self.loop.now + server.keepalive_timeout)
 

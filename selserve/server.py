@@ -38,6 +38,10 @@ log = logging.getLogger("selserve")
 
 # Connections accepted per listener per turn, for fairness with the rest of the loop.
 ACCEPT_BATCH = 64
+# A connection must have been idle this long before it is closed to make room
+# at the cap: one accepted a moment ago has its request on the way (a flood of
+# real clients must queue in the backlog, not push each other out).
+RECLAIM_MIN_IDLE = 0.5
 # How long accepting pauses when the process is out of file descriptors.
 FD_EXHAUSTED_PAUSE = 0.25
 # At most one "out of file descriptors" warning per this many seconds.
@@ -163,7 +167,7 @@ class Server:
         self.connections: set[Connection] = set()
         # Connections with no request in progress, oldest-idle first (dicts keep
         # insertion order): the ones closed to make room at the cap.
-        self.idle: dict[Connection, None] = {}
+        self.idle: dict[Connection, float] = {}  # -> when it went idle (loop clock)
         self.listeners: list[Listener] = []
         self.limit = self.config.connection_limit
         self.parser_limits = {
@@ -188,6 +192,7 @@ class Server:
         self.bytes_out = 0
         self.counters: Counter[str] = Counter()
         self._accepting = False
+        self._reclaim_timer = None
         self._paused_until = 0.0
         self._last_fd_warning = -FD_EXHAUSTED_LOG_INTERVAL
         self._warned_unwatchable = False
@@ -246,12 +251,17 @@ class Server:
     def accept_from(self, listener: Listener) -> None:
         connections = self.connections
         for _ in range(ACCEPT_BATCH):
-            if len(connections) >= self.limit and not self.idle:
-                # Every connection is busy: stop watching listeners until a slot
-                # frees, so pending clients wait in the backlog, not dropped.
-                self.count("cap-reached")
-                self._pause_accepting()
-                return
+            victim = None
+            if len(connections) >= self.limit:
+                victim = self._reclaimable()
+                if victim is None:
+                    # Every connection is busy (or only just went idle): stop
+                    # watching listeners until a slot frees, so pending clients
+                    # wait in the backlog instead of being dropped.
+                    self.count("cap-reached")
+                    self._pause_accepting()
+                    self._retry_when_reclaimable()
+                    return
             try:
                 sock, peer = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -263,11 +273,31 @@ class Server:
                     self._out_of_descriptors(exc)
                     return
                 raise
-            if len(connections) >= self.limit:
+            if victim is not None:
                 # Like nginx's reusable connections: the longest-idle connection
                 # with no request in progress makes room for the new client.
-                next(iter(self.idle)).close(RECLAIMED)
+                victim.close(RECLAIMED)
             self.accepted(sock, peer, listener.local)
+
+    def _reclaimable(self) -> Connection | None:
+        """The longest-idle connection, if it has been idle for RECLAIM_MIN_IDLE."""
+        for conn, idle_since in self.idle.items():
+            if self.loop.now - idle_since >= RECLAIM_MIN_IDLE:
+                return conn
+            return None  # the oldest is too young, so are the rest
+        return None
+
+    def _retry_when_reclaimable(self) -> None:
+        """With accepting paused at the cap, look again once the oldest idle one is old enough."""
+        if self._reclaim_timer is not None or not self.idle:
+            return
+        idle_since = next(iter(self.idle.values()))
+        delay = max(0.0, idle_since + RECLAIM_MIN_IDLE - self.loop.now)
+        self._reclaim_timer = self.loop.call_later(delay, self._reclaim_timer_fired)
+
+    def _reclaim_timer_fired(self) -> None:
+        self._reclaim_timer = None
+        self._resume_accepting()
 
     def accepted(self, sock: socket.socket, peer, local=None) -> None:
         self.counters["accepted"] += 1
@@ -324,7 +354,10 @@ class Server:
                 self.loop.unwatch(listener.fd)
 
     def _resume_accepting(self) -> None:
-        if self._accepting or self.stopping or len(self.connections) >= self.limit:
+        if self._accepting or self.stopping:
+            return
+        if len(self.connections) >= self.limit and self._reclaimable() is None:
+            self._retry_when_reclaimable()
             return
         if self.loop.now < self._paused_until:
             return  # an fd-exhaustion pause is still running; its timer resumes us
