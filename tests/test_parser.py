@@ -375,9 +375,15 @@ def test_malformed_version_refused_with_400(version):
     assert refused(get(b"Host: h", version=version)) == 400
 
 
-@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.2", b"HTTP/3.0"])
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/3.0"])
 def test_unsupported_version_refused_with_505(version):
     assert refused(get(b"Host: h", version=version)) == 505
+
+
+def test_higher_http1_minor_version_is_served_as_http11():
+    # RFC 9110 §6.2: treat it as the highest minor version we implement.
+    request = head(get(b"Host: h", version=b"HTTP/1.2"))
+    assert (request.version, request.keep_alive) == ("HTTP/1.1", True)
 
 
 def test_absolute_form_gives_path_and_query():

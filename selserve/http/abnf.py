@@ -58,10 +58,11 @@ HTTP_VERSION = r"HTTP/([0-9])\.([0-9])"
 # handed to the application still percent-encoded either way.
 TARGET_CHARS = rf"[{VCHAR}]+"
 
-# The fast path: a well-formed line for the two versions we serve, with its line end
-# (CRLF, or a bare LF, RFC 9112 §2.2). Anything else goes to a slower diagnosis that
-# picks the right status (400 or 505).
-REQUEST_LINE = re.compile(rf"({METHOD}) ({TARGET_CHARS}) HTTP/1\.([01])\r?\n")
+# The fast path: a well-formed HTTP/1.x line, with its line end (CRLF, or a bare LF,
+# RFC 9112 §2.2). A minor version above 1 is served as 1.1 (RFC 9110 §6.2: a recipient
+# treats a higher minor version as the highest it implements). Anything else goes to a
+# slower diagnosis that picks the right status (400 or 505).
+REQUEST_LINE = re.compile(rf"({METHOD}) ({TARGET_CHARS}) HTTP/1\.([0-9])\r?\n")
 METHOD_RE = re.compile(METHOD)
 TARGET_CHARS_RE = re.compile(TARGET_CHARS)
 HTTP_VERSION_RE = re.compile(HTTP_VERSION)

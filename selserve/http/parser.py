@@ -421,7 +421,7 @@ class RequestParser:
                 else:
                     special.append((name, value))
 
-        http11 = minor == "1"
+        http11 = minor != "0"
         host = ""
         hosts = 0
         keep_alive = http11
