@@ -28,6 +28,7 @@ def native(app):
 
 
 def is_native(app) -> bool:
+    """Marked with @native (or a class attribute `selserve_native = True`)."""
     return getattr(app, "selserve_native", False) is True
 
 

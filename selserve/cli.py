@@ -17,7 +17,7 @@ import typing
 
 from . import backends
 from .config import Config, settings
-from .server import BindError, Server, raise_open_file_limit
+from .server import BindError, Server, as_native, raise_open_file_limit
 
 USAGE_ERROR = 2
 
@@ -107,7 +107,6 @@ def load_app(spec: str):
 
 def build_app(spec: str | None, config: Config):
     """The native application the server runs, from the APP argument and the settings."""
-    from .app import is_native
 
     def static_files(root: str):
         from .static import StaticFiles
@@ -132,17 +131,7 @@ def build_app(spec: str | None, config: Config):
     else:
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
-        app = load_app(spec)
-        if not is_native(app):
-            from .wsgi import WSGIAdapter
-
-            app = WSGIAdapter(
-                app,
-                root_path=config.root_path,
-                expose_tracebacks=config.expose_tracebacks,
-                url_scheme=config.url_scheme,
-                multithread=config.threads > 0,
-            )
+        app = as_native(load_app(spec), config)
     if config.static:
         from .static import mount
 

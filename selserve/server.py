@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from . import backends
 from .accesslog import AccessLog, clf_time
-from .app import Response
+from .app import Response, is_native
 from .backends import READABLE
 from .config import Config
 from .connection import RECLAIMED, SHUTDOWN, Connection
@@ -452,9 +452,29 @@ class Server:
         self.loop.close()
 
 
+def as_native(app: Callable, config: Config) -> Callable:
+    """`app` itself if it is native (see `selserve.app.native`), else the WSGI
+    application `app` behind a `WSGIAdapter` configured from `config`."""
+    if is_native(app):
+        return app
+    from .wsgi import WSGIAdapter
+
+    return WSGIAdapter(
+        app,
+        root_path=config.root_path,
+        expose_tracebacks=config.expose_tracebacks,
+        url_scheme=config.url_scheme,
+        multithread=config.threads > 0,
+    )
+
+
 def serve(app: Callable, **settings) -> None:
-    """Serve `app` until SIGTERM/SIGINT; `settings` are Config fields."""
+    """Serve `app` (native, or any WSGI application) until SIGTERM/SIGINT.
+
+    `settings` are Config fields, e.g. `serve(app, binds=["127.0.0.1:8000"])`.
+    """
     raise_open_file_limit()
-    server = Server(app, **settings)
+    config = Config(**settings)
+    server = Server(as_native(app, config), config)
     server.bind()
     server.serve_forever()

@@ -118,6 +118,8 @@ def _forbidden() -> Response:
 class StaticFiles:
     """A native app serving the files under `root` (see the module docstring)."""
 
+    selserve_native = True
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -469,6 +471,7 @@ def mount(app, mounts: list[tuple[str, StaticFiles]]):
         return app(request)
 
     mounted.mounts = table
+    mounted.selserve_native = True
     return mounted
 
 

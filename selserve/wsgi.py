@@ -76,6 +76,8 @@ _EMPTY: Iterator[bytes] = iter(())
 class WSGIAdapter:
     """Serve the WSGI application `wsgi_app` as a native selserve application."""
 
+    selserve_native = True
+
     def __init__(
         self,
         wsgi_app: Callable,
