@@ -1,0 +1,1 @@
+"""pytest-benchmark suite (a package so its conftest and modules have their own names)."""
