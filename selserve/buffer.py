@@ -23,6 +23,7 @@ _SENDFILE_MAX = 1 << 30
 # errno values meaning "sendfile cannot do this pair of fds", not "the peer is gone".
 _NO_SENDFILE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
 _NOTHING = ()
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 
 class FileRange:
@@ -86,7 +87,15 @@ class WriteBuffer:
                     return False
                 continue
             try:
-                sent = sock.send(first) if len(pieces) == 1 else sock.sendmsg(self._gather())
+                if len(pieces) == 1:
+                    sent = sock.send(first)
+                else:
+                    gathered = self._gather()
+                    # Bytes followed by a file (a response head before sendfile):
+                    # MSG_MORE lets the kernel put them in the file's first segment
+                    # instead of a small packet of their own.
+                    more = _MSG_MORE if len(gathered) < len(pieces) else 0
+                    sent = sock.sendmsg(gathered, (), more)
             except (BlockingIOError, InterruptedError):
                 return False
             self._consume(sent)

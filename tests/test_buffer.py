@@ -47,7 +47,7 @@ def test_small_pieces_are_sent_in_one_call_in_order(pair):
     calls = []
     real = a.sendmsg
     a_proxy = type("P", (), {})()
-    a_proxy.sendmsg = lambda pieces: (calls.append(len(pieces)), real(pieces))[1]
+    a_proxy.sendmsg = lambda pieces, *rest: (calls.append(len(pieces)), real(pieces, *rest))[1]
     a_proxy.send = a.send
     a_proxy.fileno = a.fileno
     assert buf.flush(a_proxy)
@@ -124,3 +124,24 @@ def test_truncate_drops_the_newest_bytes(pair):
         while not buf.flush(a):
             pass
         assert read_exactly(b, 7) == b"keepabc"
+
+
+def test_bytes_before_a_file_are_sent_with_msg_more(pair):
+    a, b = pair
+    flags_seen = []
+    real = a.sendmsg
+    proxy = type("P", (), {})()
+    proxy.sendmsg = lambda pieces, anc=(), flags=0: (flags_seen.append(flags), real(pieces))[1]
+    proxy.send = a.send
+    proxy.fileno = a.fileno
+    with tempfile.TemporaryFile() as f:
+        f.write(b"body")
+        f.flush()
+        buf = WriteBuffer()
+        buf.append(b"head ")
+        buf.append(b"line|")
+        buf.append_file(f, 0, 4)
+        while not buf.flush(proxy):
+            pass
+    assert flags_seen == [getattr(socket, "MSG_MORE", 0)]
+    assert read_exactly(b, 14) == b"head line|body"
