@@ -497,8 +497,29 @@ def _parse_status(status: str) -> int:
 _STATUS_CODES: dict[str, int] = {}
 
 
+# Header lists already checked, by their (name, value) tuples: most applications
+# answer with the same few header sets over and over.  Bounded; cleared when full.
+_CHECKED_HEADERS: dict[tuple, tuple[tuple[tuple[str, str], ...], int | None]] = {}
+
+
 def _check_headers(headers) -> tuple[list[tuple[str, str]], int | None]:
     """The application's headers, checked, and the Content-Length they give (if any)."""
+    try:
+        key = tuple(headers)
+        known = _CHECKED_HEADERS.get(key)
+    except TypeError:  # not iterable, or unhashable pieces: the full check says why
+        key = known = None
+    if known is not None:
+        return list(known[0]), known[1]
+    checked, length = _check_headers_fully(headers)
+    if key is not None:
+        if len(_CHECKED_HEADERS) >= _CACHE_MAX:
+            _CHECKED_HEADERS.clear()
+        _CHECKED_HEADERS[key] = (tuple(checked), length)
+    return checked, length
+
+
+def _check_headers_fully(headers) -> tuple[list[tuple[str, str]], int | None]:
     if not isinstance(headers, (list, tuple)):
         raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
     checked = []

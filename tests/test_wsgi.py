@@ -1455,3 +1455,17 @@ def test_flask_head_request_has_the_get_length(flask_server):
     assert head.status_code == 200, flask_server.diag(repr(head.headers))
     assert head.headers["Content-Length"] == str(len(get.content))
     assert head.content == b""
+
+
+def test_checked_header_cache_hands_out_copies_and_never_caches_refusals():
+    from selserve.wsgi import _check_headers
+
+    headers = [("Content-Type", "text/plain"), ("Content-Length", "5")]
+    first, length = _check_headers(headers)
+    first.append(("X-Mutated", "1"))
+    second, again = _check_headers(headers)
+    assert (second, length, again) == (headers, 5, 5)
+    bad = [("X-Bad", "a\r\nb")]
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            _check_headers(bad)
