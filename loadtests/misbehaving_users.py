@@ -212,7 +212,7 @@ class SlowlorisUser(RawUser):
             with RawConnection(self.address, IO_TIMEOUT) as conn:
                 if conn.wait_closed(limit) == "open":
                     raise CheckFailed(
-                        f"a connection that sent nothing was still open after {limit:.1f} s "
+                        f"slowloris still connected after {limit:.1f} s with nothing sent "
                         f"(server --header-timeout {timeout} s)"
                     )
 

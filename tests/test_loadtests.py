@@ -148,4 +148,6 @@ def test_slowloris_not_dropped_is_a_misbehaving_failure(faulty_run):
         for e in result["errors"]
         if e["group"] == "misbehaving" and "still connected" in e["error"]
     ]
+    # Either slowloris task may be the one that ran in so short a run; both
+    # report a connection the server kept past its header timeout this way.
     assert kept, f"a slowloris the server kept for 30 s was not reported:\n{output}"
