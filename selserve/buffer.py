@@ -76,6 +76,22 @@ class WriteBuffer:
             self._pieces.append(FileRange(fileobj, offset, count))
             self.size += count
 
+    def write(self, sock: socket.socket, data: bytes) -> bool:
+        """Send `data` at once if nothing waits ahead of it; keep what the socket
+        does not take.  True when all of it went out (no buffer was involved)."""
+        if self.size:
+            self.append(data)
+            return False
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        self.bytes_sent += sent
+        if sent == len(data):
+            return True
+        self.append(memoryview(data)[sent:])
+        return False
+
     def flush(self, sock: socket.socket) -> bool:
         """Send what the socket accepts now; True once everything is sent."""
         pieces = self._pieces

@@ -92,7 +92,6 @@ class Connection:
         "chunked",
         "remaining",
         "watching",
-        "requests",
         "linger",
         "in_app",
         "producer_waiting",
@@ -123,7 +122,6 @@ class Connection:
         self.closeable = None  # the body object whose close() we owe the application
         self.chunked = False
         self.remaining: int | None = None  # bytes a streamed body still owes its Content-Length
-        self.requests = 0
         self.linger = False  # after a refusal the client may still be sending
         self.in_app = False  # a worker thread is running the app for this connection
         self.producer_waiting = False  # a threaded body has nothing yet; resume() follows
@@ -260,14 +258,12 @@ class Connection:
 
     def _respond(self) -> None:
         head = self.head
-        self.requests += 1
         self.server.requests += 1
         if head.path == self.server.stats_path and head.method in ("GET", "HEAD"):
             self._take_body()
             self._start_response(self.server.stats_response())
             return
-        body = self._take_body() if self.body or self.spill is not None else b""
-        request = native.Request(head, body, self.peer, self.local)
+        request = native.Request(head, self._take_body(), self.peer, self.local)
         pool = self.server.pool
         if pool is not None:
             # Until the worker answers, neither read (pipelined input would pile
@@ -354,22 +350,15 @@ class Connection:
         out = self.out
         if length is not None and self.closeable is None:  # plain bytes
             data = b"".join((framing.data, body)) if framing.has_body and length else framing.data
-            if not out.size:
-                # Optimistic: most answers fit in the socket buffer at once, and
-                # then no buffer, no writability watch and no flush are involved.
-                try:
-                    sent = self.sock.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    self.close(SEND_ERROR, exc)
-                    return
-                out.bytes_sent += sent
-                if sent == len(data):
+            # Optimistic: most answers fit in the socket buffer at once, and then
+            # no buffering, no writability watch and no flush are involved.
+            try:
+                if out.write(self.sock, data):
                     self._response_complete()
                     return
-                data = memoryview(data)[sent:]
-            out.append(data)
+            except OSError as exc:
+                self.close(SEND_ERROR, exc)
+                return
         elif length is not None:  # a file
             out.append(framing.data)
             if framing.has_body:
@@ -387,15 +376,6 @@ class Connection:
                     return
                 self.chunked = framing.chunked
                 self.remaining = framing.content_length
-        self._pump()
-
-    def _answer_error(self, status: int, detail: str) -> None:
-        """Answer with a small error page and close once it is sent."""
-        self.keep_alive = False
-        self.state = RESPONDING
-        self.status = status
-        self.response_mark = self.out.bytes_sent + self.out.size
-        self.out.append(wire.error_response(status, detail, self.server.fixed))
         self._pump()
 
     def _pump(self) -> None:
@@ -534,23 +514,22 @@ class Connection:
         log.debug("%r: refused with %d: %s", self, exc.status, exc.detail)
         self.head = None
         self.linger = True
-        self._answer_error(exc.status, exc.detail)
+        self.keep_alive = False  # a small error page, then close once it is sent
+        self.state = RESPONDING
+        self.status = exc.status
+        self.response_mark = self.out.bytes_sent + self.out.size
+        self.out.append(wire.error_response(exc.status, exc.detail, self.server.fixed))
+        self._pump()
 
     def _try_send_now(self, data: bytes) -> None:
         """Send interim or last-gasp bytes: now if the socket takes them, else queued."""
-        if self.out:
-            self.out.append(data)
-            return
         try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            if self.out.write(self.sock, data):
+                return
         except OSError:
             return  # the read side will see the failure
-        if sent < len(data):
-            self.out.append(data[sent:])
-            if self.state is not RESPONDING:
-                self._watch(READABLE | WRITABLE)
+        if self.state is not RESPONDING:
+            self._watch(READABLE | WRITABLE)
 
     # -- ending ---------------------------------------------------------------
 

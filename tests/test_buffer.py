@@ -145,3 +145,22 @@ def test_bytes_before_a_file_are_sent_with_msg_more(pair):
             pass
     assert flags_seen == [getattr(socket, "MSG_MORE", 0)]
     assert read_exactly(b, 14) == b"head line|body"
+
+
+def test_write_sends_at_once_and_keeps_what_the_socket_refuses(pair):
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    buf = WriteBuffer()
+    assert buf.write(a, b"small") is True and buf.size == 0
+    payload = bytes(range(256)) * 4096
+    assert buf.write(a, payload) is False
+    assert 0 < buf.size < len(payload)
+    assert buf.write(a, b"|after") is False  # queued behind the rest, never ahead of it
+    expected = b"small" + payload + b"|after"
+    received = b""
+    while buf.size:
+        received += b.recv(1 << 20)
+        buf.flush(a)
+    received += read_exactly(b, len(expected) - len(received))
+    assert received == expected
+    assert buf.bytes_sent == len(expected)

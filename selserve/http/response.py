@@ -52,11 +52,6 @@ def date_line(timestamp: float) -> bytes:
     return b"Date: " + formatdate(timestamp, usegmt=True).encode("ascii") + b"\r\n"
 
 
-def body_allowed(status: int, method: str) -> bool:
-    """Whether a response carries content (RFC 9110 §6.4.1): not for HEAD, 1xx, 204, 304."""
-    return method != "HEAD" and status >= 200 and status != 204 and status != 304
-
-
 class ResponseHead:
     """The framing decided for one response, and its serialised head."""
 
@@ -95,6 +90,7 @@ def build_head(
     block, app_length, wants_close, names_server = encode_headers(headers)
     if wants_close:
         keep_alive = False
+    # RFC 9110 §6.4.1: no content for HEAD, 1xx, 204 or 304.
     has_body = method != "HEAD" and status >= 200 and status != 204 and status != 304
     content_length = body_length if body_length is not None else app_length
     chunked = False
@@ -194,7 +190,7 @@ LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def error_response(status: int, detail: str, fixed: bytes, *, head_only: bool = False) -> bytes:
+def error_response(status: int, detail: str, fixed: bytes) -> bytes:
     """A small, complete answer that closes the connection (parse errors, 5xx)."""
     body = f"{status} {HTTPStatus(status).phrase}: {detail}\n".encode("ascii", "replace")
     head = b"%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % (
@@ -202,4 +198,4 @@ def error_response(status: int, detail: str, fixed: bytes, *, head_only: bool = 
         len(body),
     )
     out = status_line(status) + head + b"Connection: close\r\n\r\n"
-    return out if head_only else out + body
+    return out + body
