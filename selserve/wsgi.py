@@ -62,6 +62,19 @@ _HOP_BY_HOP = frozenset(
     )
 )
 _WILDCARD_HOSTS = frozenset(("", "0.0.0.0", "::"))
+# environ keys every request has (HTTP_* and CONTENT_* only when the request has them).
+_PER_REQUEST_KEYS = (
+    "REQUEST_METHOD",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "SERVER_PROTOCOL",
+    "REQUEST_URI",
+    "RAW_URI",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "REMOTE_ADDR",
+    "wsgi.input",
+)
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
 _ERROR_BODY = b"500 Internal Server Error\n"
@@ -112,6 +125,10 @@ class WSGIAdapter:
         }
         if url_scheme == "https":
             self._base["HTTPS"] = "on"
+        # Every request sets these: present (as placeholders) in the copied dict,
+        # they are replaced in place instead of growing it entry by entry.
+        for key in _PER_REQUEST_KEYS:
+            self._base[key] = None
         self._server_address: dict[object, tuple[str, str] | None] = {}
 
     def __repr__(self) -> str:
@@ -126,6 +143,16 @@ class WSGIAdapter:
             result = self.app(environ, exchange.start_response)
         except Exception:
             return self._failed(request, "WSGI application error")
+        if type(result) is list and len(result) == 1 and exchange.written is None:
+            # The usual `return [body]` after start_response(): nothing to drive.
+            body = result[0]
+            length = exchange.content_length
+            if (
+                type(body) is bytes
+                and exchange.status is not None
+                and (length is None or length == len(body))
+            ):
+                return Response(exchange.status, exchange.headers, body)
         try:
             return self._response(exchange, result)
         except BaseException as exc:
@@ -156,7 +183,7 @@ class WSGIAdapter:
                 "(wrap the body in a list)"
             )
         result_type = type(result)
-        if result_type is FileWrapper and exchange.status is not None and not exchange.written:
+        if result_type is FileWrapper and exchange.status is not None and exchange.written is None:
             body = _file_body(result, exchange.content_length)
             if body is not None:
                 return Response(exchange.status, exchange.headers, body)
@@ -165,7 +192,7 @@ class WSGIAdapter:
             if exchange.status is None:
                 raise _NoStartResponse()
             pieces = [_as_bytes(piece) for piece in result]
-            return _known_response(exchange, [*exchange.written, *pieces])
+            return _known_response(exchange, [*(exchange.written or ()), *pieces])
 
         iterator = iter(result)
         first = _END
@@ -186,9 +213,12 @@ class WSGIAdapter:
             # Exhausted without a byte: the whole body is what write() got.
             exchange.result_closed = True
             _close(result)
-            return _known_response(exchange, list(exchange.written))
+            return _known_response(exchange, list(exchange.written or ()))
         exchange.headers_sent = True
         pending = exchange.written
+        if pending is None:
+            # The body's queue: a later write() from the iterable lands here too.
+            pending = exchange.written = collections.deque()
         if first is not _END:
             pending.append(first)
         exchange.result_closed = True  # from here on the body object owns it
@@ -308,10 +338,10 @@ class _Exchange:
 
     def __init__(self) -> None:
         self.status: int | None = None
-        self.headers: list[tuple[str, str]] = []
+        self.headers: tuple[tuple[str, str], ...] = ()
         self.content_length: int | None = None
         self.headers_sent = False
-        self.written: collections.deque[bytes] = collections.deque()
+        self.written: collections.deque[bytes] | None = None  # write()'s data, once called
         self.result_closed = False
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info=None):
@@ -324,11 +354,11 @@ class _Exchange:
                 exc_info = None  # no reference cycle through the traceback
         elif self.status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
-        code = _parse_status(status)
-        checked, length = _check_headers(headers)
+        code = _STATUS_CODES.get(status) if type(status) is str else None
+        if code is None:
+            code = _parse_status(status)
+        self.headers, self.content_length = _check_headers(headers)
         self.status = code
-        self.headers = checked
-        self.content_length = length
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -339,6 +369,8 @@ class _Exchange:
             data = _as_bytes(data)
         self.headers_sent = True
         if data:
+            if self.written is None:
+                self.written = collections.deque()
             self.written.append(data)
 
 
@@ -502,21 +534,23 @@ _STATUS_CODES: dict[str, int] = {}
 _CHECKED_HEADERS: dict[tuple, tuple[tuple[tuple[str, str], ...], int | None]] = {}
 
 
-def _check_headers(headers) -> tuple[list[tuple[str, str]], int | None]:
-    """The application's headers, checked, and the Content-Length they give (if any)."""
+def _check_headers(headers) -> tuple[tuple[tuple[str, str], ...], int | None]:
+    """The application's headers, checked (as a tuple: nobody may change them after),
+    and the Content-Length they give (if any)."""
     try:
         key = tuple(headers)
         known = _CHECKED_HEADERS.get(key)
     except TypeError:  # not iterable, or unhashable pieces: the full check says why
         key = known = None
     if known is not None:
-        return list(known[0]), known[1]
+        return known
     checked, length = _check_headers_fully(headers)
+    known = (tuple(checked), length)
     if key is not None:
         if len(_CHECKED_HEADERS) >= _CACHE_MAX:
             _CHECKED_HEADERS.clear()
-        _CHECKED_HEADERS[key] = (tuple(checked), length)
-    return checked, length
+        _CHECKED_HEADERS[key] = known
+    return known
 
 
 def _check_headers_fully(headers) -> tuple[list[tuple[str, str]], int | None]:

@@ -412,7 +412,7 @@ def test_status_and_headers_pass_through():
     headers = [("Content-Type", "text/plain"), ("X-A", "1"), ("Set-Cookie", "a=1")]
     response, body = respond(simple_app("201 Created", headers, [b"made"]))
     assert response.status == 201
-    assert response.headers == headers
+    assert list(response.headers) == headers
     assert body == b"made"
 
 
@@ -468,7 +468,7 @@ def test_start_response_may_wait_for_the_first_iteration():
         yield b"late"
 
     response, body = respond(app)
-    assert (response.status, response.headers, body) == (202, [("X-Late", "yes")], b"late")
+    assert (response.status, list(response.headers), body) == (202, [("X-Late", "yes")], b"late")
 
 
 def test_reason_phrase_may_be_empty_or_latin1():
@@ -582,7 +582,7 @@ def test_exc_info_before_any_body_replaces_status_and_headers():
         return [b"sorry"]
 
     response, body = respond(app)
-    assert (response.status, response.headers, body) == (503, [("X-Second", "2")], b"sorry")
+    assert (response.status, list(response.headers), body) == (503, [("X-Second", "2")], b"sorry")
 
 
 def test_exc_info_after_write_reraises_the_apps_exception():
@@ -1457,14 +1457,17 @@ def test_flask_head_request_has_the_get_length(flask_server):
     assert head.content == b""
 
 
-def test_checked_header_cache_hands_out_copies_and_never_caches_refusals():
+def test_checked_header_cache_hands_out_immutable_copies_and_never_caches_refusals():
     from selserve.wsgi import _check_headers
 
     headers = [("Content-Type", "text/plain"), ("Content-Length", "5")]
     first, length = _check_headers(headers)
-    first.append(("X-Mutated", "1"))
-    second, again = _check_headers(headers)
-    assert (second, length, again) == (headers, 5, 5)
+    headers.append(("X-Mutated", "1"))  # the app's list changing does not reach ours
+    assert (first, length) == (tuple(headers[:2]), 5)
+    with pytest.raises(AttributeError):
+        first.append(("X-Mutated", "1"))  # type: ignore[attr-defined]
+    second, again = _check_headers(headers[:2])
+    assert (second, again) == (first, 5)
     bad = [("X-Bad", "a\r\nb")]
     for _ in range(2):
         with pytest.raises(ValueError):

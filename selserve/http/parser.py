@@ -385,12 +385,10 @@ class RequestParser:
         # One decode for the whole head; the blank line is included because for the usual
         # single request per read that makes the slice the whole buffer, which is free.
         text = buf[pos:head_end].decode("latin-1")
-        max_line = self.max_request_line - self._skipped
         m = REQUEST_LINE.match(text)
-        if m is None:
-            self._request_line_error(text, max_line)
-        if m.end(3) > max_line:  # type: ignore[union-attr]
-            raise HTTPError(414, "request line too long")
+        if m is None or m.end(3) > self.max_request_line - self._skipped:
+            # (group 3 ends the request line: too long is a 414 however it is formed)
+            self._request_line_error(text, self.max_request_line - self._skipped)
         method, target, minor = m.groups()  # type: ignore[union-attr]
         if target[0] == "/" and method != "CONNECT":  # origin-form, RFC 9112 §3.2.1
             path, _, query = target.partition("?")
@@ -402,53 +400,51 @@ class RequestParser:
         if len(text) - line_end - 1 > self.max_header_bytes:
             raise HTTPError(431, "request header section too large")
         fields = FIELD_LINE.findall(text, line_end)
+        count = len(fields)
         # LFs after the request line: one per field line, plus the blank line's.
-        if len(fields) != text.count("\n", line_end + 1) - 1:
+        if count != text.count("\n", line_end + 1) - 1:
             self._field_error(text[line_end + 1 :])
-        if len(fields) > self.max_headers:
+        if count > self.max_headers:
             raise HTTPError(431, "too many header fields")
 
         headers = []
         append = headers.append
-        special_names = _SPECIAL
-        special = None
+        host = None
+        special = None  # the other fields the parser acts on, and any second Host
         for name, value in fields:
             name = name.lower()
             append((name, value))
-            if name in special_names:
-                if special is None:
+            if name in _SPECIAL:
+                if name == "host" and host is None:
+                    host = value
+                elif special is None:
                     special = [(name, value)]
                 else:
                     special.append((name, value))
 
         http11 = minor != "0"
-        host = ""
-        hosts = 0
         keep_alive = http11
         content_length = None
-        chunked = False
-        expect_continue = False
+        chunked = expect_continue = False
         if special is not None:
             cl = te = conn = expect = None
             for name, value in special:
-                if name == "host":
-                    hosts += 1
-                    host = value
-                elif name == "content-length":
+                if name == "content-length":
                     cl = value if cl is None else f"{cl},{value}"
                 elif name == "transfer-encoding":
                     te = value if te is None else f"{te},{value}"
                 elif name == "connection":
                     conn = value if conn is None else f"{conn},{value}"
-                else:
+                elif name == "expect":
                     expect = value if expect is None else f"{expect},{value}"
-            if hosts > 1:
-                raise HTTPError(400, "more than one Host header")
-            # A keep-alive client sends the same Host every time: check it once.
-            if hosts and host != self._valid_host:
-                if not HOST_RE.fullmatch(host):
-                    raise HTTPError(400, "invalid Host header")
-                self._valid_host = host
+                else:
+                    raise HTTPError(400, "more than one Host header")
+        # A keep-alive client sends the same Host every time: check it once.
+        if host is not None and host != self._valid_host:
+            if not HOST_RE.fullmatch(host):
+                raise HTTPError(400, "invalid Host header")
+            self._valid_host = host
+        if special is not None:
             if te is not None:
                 chunked = self._transfer_encoding(te, cl, http11)
             elif cl is not None:
@@ -472,9 +468,11 @@ class RequestParser:
                     if e != "100-continue":
                         raise HTTPError(417, "unsupported expectation")
                     expect_continue = True
-        # RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
-        if http11 and not hosts:
-            raise HTTPError(400, "missing Host header")
+        if host is None:
+            # RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
+            if http11:
+                raise HTTPError(400, "missing Host header")
+            host = ""
 
         if chunked:
             self._state = _CHUNK_SIZE
