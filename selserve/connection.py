@@ -208,15 +208,17 @@ class Connection:
                 self._refuse(exc)
                 return
             kind = type(event)
-            if kind is Data:
-                self._keep_body(event.data)
-                self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
-            elif kind is Request:
-                self._start_request(event)
+            if kind is Request:
+                self.head = event
+                if event.chunked or event.content_length:
+                    self._start_body(event)
             elif kind is EndOfMessage:
                 self._respond()
             elif event is NEED_DATA:
                 return
+            elif kind is Data:
+                self._keep_body(event.data)
+                self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
             elif event is CLOSED:
                 self.close(PEER_CLOSED)
                 return
@@ -241,30 +243,31 @@ class Connection:
             self.spill.seek(0)
             return self.spill
         body = self.body
-        self.body = []
         if not body:
             return b""
+        self.body = []
+        self.body_size = 0
         return body[0] if len(body) == 1 else b"".join(body)
 
-    def _start_request(self, head: Request) -> None:
-        self.head = head
-        if head.chunked or head.content_length:
-            self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
-            if head.expect_continue:
-                # RFC 9110 §10.1.1: the client waits for this before sending the body.
-                self._try_send_now(wire.CONTINUE)
+    def _start_body(self, head: Request) -> None:
+        self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
+        if head.expect_continue:
+            # RFC 9110 §10.1.1: the client waits for this before sending the body.
+            self._try_send_now(wire.CONTINUE)
 
     # -- answering ------------------------------------------------------------
 
     def _respond(self) -> None:
         head = self.head
-        self.server.requests += 1
-        if head.path == self.server.stats_path and head.method in ("GET", "HEAD"):
+        server = self.server
+        server.requests += 1
+        if head.path == server.stats_path and head.method in ("GET", "HEAD"):
             self._take_body()
-            self._start_response(self.server.stats_response())
+            self._start_response(server.stats_response())
             return
-        request = native.Request(head, self._take_body(), self.peer, self.local)
-        pool = self.server.pool
+        body = self._take_body() if self.body_size or self.spill is not None else b""
+        request = native.Request(head, body, self.peer, self.local)
+        pool = server.pool
         if pool is not None:
             # Until the worker answers, neither read (pipelined input would pile
             # up) nor time out: how long an app runs is the app's business.
@@ -275,7 +278,7 @@ class Connection:
             pool.submit(self.server.app, request, self)
             return
         try:
-            response = self.server.app(request)
+            response = server.app(request)
         except Exception:
             log.exception("application error on %s %s", head.method, head.target)
             response = None
@@ -326,30 +329,30 @@ class Connection:
         else:
             length = None
             self.closeable = body
-        keep_alive = head.keep_alive and not self.server.stopping
-        self.response_mark = self.out.bytes_sent + self.out.size
+        server = self.server
+        out = self.out
+        self.response_mark = out.bytes_sent + out.size
         self.status = response.status
         try:
-            framing = wire.build_head(
+            data, content_length, chunked, keep_alive, has_body = wire.build_head(
                 response.status,
                 response.headers,
                 method=head.method,
                 http11=head.version == "HTTP/1.1",
-                keep_alive=keep_alive,
+                keep_alive=head.keep_alive and not server.stopping,
                 body_length=length,
-                fixed=self.server.fixed,
-                date=self.server.date,
+                fixed=server.fixed,
+                date=server.date,
+                body=body if length and self.closeable is None else b"",
             )
         except (wire.InvalidHeader, TypeError, ValueError) as exc:
             log.error("invalid response from the application for %s: %s", head.target, exc)
             self._release_body()
             self._start_response(_app_failed())
             return
-        self.keep_alive = framing.keep_alive
+        self.keep_alive = keep_alive
         self.state = RESPONDING
-        out = self.out
-        if length is not None and self.closeable is None:  # plain bytes
-            data = b"".join((framing.data, body)) if framing.has_body and length else framing.data
+        if self.closeable is None:  # bytes, already joined to the head
             # Optimistic: most answers fit in the socket buffer at once, and then
             # no buffering, no writability watch and no flush are involved.
             try:
@@ -360,12 +363,12 @@ class Connection:
                 self.close(SEND_ERROR, exc)
                 return
         elif length is not None:  # a file
-            out.append(framing.data)
-            if framing.has_body:
+            out.append(data)
+            if has_body:
                 out.append_file(body.fileobj, body.offset, body.count)
         else:
-            out.append(framing.data)
-            if framing.has_body:
+            out.append(data)
+            if has_body:
                 try:
                     self.producer = iter(body)
                 except TypeError as exc:
@@ -374,8 +377,8 @@ class Connection:
                     out.truncate(self.response_mark - out.bytes_sent)
                     self._start_response(_app_failed())
                     return
-                self.chunked = framing.chunked
-                self.remaining = framing.content_length
+                self.chunked = chunked
+                self.remaining = content_length
         self._pump()
 
     def _pump(self) -> None:
@@ -469,10 +472,12 @@ class Connection:
         self.producer = None
         if self.chunked:
             self.out.append(wire.LAST_CHUNK)
+            self.chunked = False
         elif self.remaining:
             # Shorter than promised: only closing tells the client it is incomplete.
             log.error("%s: body shorter than its Content-Length", self.head.target)
             self.keep_alive = False
+        self.remaining = None
         self._release_body()
 
     def _response_complete(self) -> None:
@@ -481,16 +486,11 @@ class Connection:
         if self.spill is not None:
             self._drop_spill()
         server = self.server
-        access_log = server.access_log
-        if access_log is not None:
-            access_log.write(
+        if server.access_log is not None:
+            server.access_log.write(
                 self.peer, self.head, self.status, self.out.bytes_sent - self.response_mark
             )
-        self.status = 0
         self.head = None
-        self.chunked = False
-        self.remaining = None
-        self.body_size = 0
         if not self.keep_alive or server.stopping:
             self._close_after_response()
             return
@@ -499,14 +499,15 @@ class Connection:
         parser.start_next_request()
         if self.watching != READABLE:
             self._watch(READABLE)
+        now = self.loop.now
         if parser.buffered:
             self.head_started = True  # a pipelined request is already arriving
             self._arm(server.config.header_timeout, HEADER_TIMEOUT)
         else:
             self.head_started = False
-            server.idle[self] = self.loop.now
+            server.idle[self] = now
             self.timeout_reason = KEEPALIVE_TIMEOUT
-            self.timer.reschedule(self.loop.now + server.keepalive_timeout)
+            self.timer.reschedule(now + server.keepalive_timeout)
 
     def _refuse(self, exc: HTTPError) -> None:
         """Answer a request we cannot parse or accept, then close."""

@@ -284,10 +284,12 @@ class WSGIAdapter:
                 host = value
             environ[key] = value
 
-        stream = request.stream
-        environ["wsgi.input"] = stream
-        if has_body and "CONTENT_LENGTH" not in environ:
-            environ["CONTENT_LENGTH"] = str(_stream_size(stream))
+        if has_body:
+            stream = environ["wsgi.input"] = request.stream
+            if "CONTENT_LENGTH" not in environ:
+                environ["CONTENT_LENGTH"] = str(_stream_size(stream))
+        else:
+            environ["wsgi.input"] = _NO_BODY
 
         local = request.local
         address = self._server_address.get(local, _END) if type(local) is tuple else None
@@ -413,6 +415,43 @@ class _Body:
         self.iterator = _EMPTY
         self.pending.clear()
         _close(self.result)
+
+
+class _EmptyInput(io.BufferedIOBase):
+    """`wsgi.input` of every request without a body: always at its end.
+
+    One instance serves them all, so it cannot be written, and close() leaves
+    it open (an application closing its input must not break the next request).
+    """
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    read1 = read
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readinto(self, buffer) -> int:
+        return 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+_NO_BODY = _EmptyInput()
 
 
 class FileWrapper:

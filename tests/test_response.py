@@ -167,3 +167,29 @@ def test_304_has_no_content_length_of_its_own_and_no_chunking():
 def test_304_keeps_the_apps_content_length():
     framing = head(304, headers=[("Content-Length", "1234")], length=0)
     assert b"Content-Length: 1234" in lines(framing)
+
+
+@pytest.mark.parametrize(
+    "status, method, sent",
+    [
+        (200, "GET", True),
+        (404, "POST", True),
+        (200, "HEAD", False),
+        (204, "GET", False),
+        (304, "GET", False),
+    ],
+)
+def test_a_body_known_in_full_follows_its_head_only_when_the_response_has_one(status, method, sent):
+    framing = wire.build_head(
+        status,
+        [],
+        method=method,
+        http11=True,
+        keep_alive=True,
+        body_length=4,
+        fixed=FIXED,
+        body=b"abcd",
+    )
+    assert framing.has_body is sent
+    head_end = framing.data.index(b"\r\n\r\n") + 4
+    assert framing.data[head_end:] == (b"abcd" if sent else b"")

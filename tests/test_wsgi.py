@@ -185,6 +185,33 @@ def test_environ_has_no_content_keys_without_a_body():
     assert environ["wsgi.input.data"] == b""
 
 
+def test_input_without_a_body_reads_empty_every_way_and_survives_close_and_writes():
+    outcomes = []
+
+    def app(environ, start_response):
+        stream = environ["wsgi.input"]
+        outcomes.append(
+            (stream.read(), stream.read(5), stream.readline(), stream.readlines(), list(stream))
+        )
+        stream.close()  # one input serves every bodiless request: this must not break it
+        with pytest.raises(OSError):
+            stream.write(b"leak into the next request")
+        start_response("204 No Content", [])
+        return []
+
+    adapter = WSGIAdapter(app)
+    for _ in range(2):
+        assert adapter(make_request("/")).status == 204
+    assert outcomes == [(b"", b"", b"", [], [])] * 2
+
+
+def test_empty_body_with_content_length_zero_still_says_so():
+    request = make_request("/", "POST", headers=[("Content-Length", "0")])
+    environ = environ_for(request)
+    assert environ["CONTENT_LENGTH"] == "0"
+    assert environ["wsgi.input.data"] == b""
+
+
 def test_path_info_is_percent_decoded_once_into_latin1_bytes_as_str():
     environ = environ_for(make_request("/caf%C3%A9/a%20b/%2525/%2F?q=%C3%A9"))
     assert environ["PATH_INFO"] == "/caf\xc3\xa9/a b/%25//"

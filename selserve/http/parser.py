@@ -14,6 +14,8 @@ path: a whole head is parsed with a handful of C-level searches and regexes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from selserve.http.abnf import (
     ABSOLUTE_FORM_RE,
     AUTHORITY_FORM_RE,
@@ -154,13 +156,13 @@ class EndOfMessage:
 
     __slots__ = ("trailers",)
 
-    def __init__(self, trailers: list[tuple[str, str]] | None = None) -> None:
-        self.trailers = [] if trailers is None else trailers
+    def __init__(self, trailers: Sequence[tuple[str, str]] = ()) -> None:
+        self.trailers = trailers
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not EndOfMessage:
             return NotImplemented
-        return self.trailers == other.trailers
+        return list(self.trailers) == list(other.trailers)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -169,6 +171,9 @@ class EndOfMessage:
 
 
 Event = Request | Data | EndOfMessage | _Sentinel
+
+# The end of every message without trailers: one shared, immutable event.
+_NO_TRAILERS = EndOfMessage(())
 
 # Parser states. Small ints, not bound methods: storing self._parse_x on self would make
 # a reference cycle per connection.
@@ -303,7 +308,7 @@ class RequestParser:
                 return self._next_body()
             if state == _END:
                 self._state = _DONE
-                return EndOfMessage([])
+                return _NO_TRAILERS
             if state == _DONE:
                 return PAUSED
             if state == _ERROR:
@@ -688,7 +693,7 @@ class RequestParser:
             if m is not None:
                 self._consume(m.end())
                 self._state = _DONE
-                return EndOfMessage([])
+                return _NO_TRAILERS
             m = HEAD_END_B.search(buf, pos + self._scan)
             if m is None:
                 if end - pos >= self.max_header_bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import NamedTuple
 
 # field-name = token (RFC 9110 §5.1, §5.6.2)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -52,19 +53,18 @@ def date_line(timestamp: float) -> bytes:
     return b"Date: " + formatdate(timestamp, usegmt=True).encode("ascii") + b"\r\n"
 
 
-class ResponseHead:
+class ResponseHead(NamedTuple):
     """The framing decided for one response, and its serialised head."""
 
-    __slots__ = ("data", "content_length", "chunked", "keep_alive", "has_body")
+    data: bytes
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    has_body: bool
 
-    def __init__(
-        self, data: bytes, content_length: int | None, chunked: bool, keep_alive: bool, has_body
-    ):
-        self.data = data
-        self.content_length = content_length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
-        self.has_body = has_body
+
+# Built without NamedTuple's Python-level __new__: one per response adds up.
+_new_head = tuple.__new__
 
 
 def build_head(
@@ -77,6 +77,7 @@ def build_head(
     body_length: int | None,
     fixed: bytes,
     date: bytes = b"",
+    body: bytes = b"",
 ) -> ResponseHead:
     """Serialise a response head and decide its framing.
 
@@ -86,6 +87,9 @@ def build_head(
     the app names its own Server.  An app's Date is dropped.  A Content-Length
     from the app wins for streamed bodies; without one, HTTP/1.1 gets chunked
     encoding and HTTP/1.0 a close-delimited body.
+
+    `body`, a body known in full, is appended to `data` when the response
+    carries one (not for HEAD, 204, 304): head and body leave in one send.
     """
     block, app_length, wants_close, names_server = encode_headers(headers)
     if wants_close:
@@ -118,14 +122,18 @@ def build_head(
         connection = b"" if keep_alive else b"Connection: close\r\n"
     else:
         connection = b"Connection: keep-alive\r\n" if keep_alive else b""
-    data = b"%s%s%s%s%s\r\n" % (
-        STATUS_LINES.get(status) or status_line(status),
-        date if names_server and date else fixed,
-        block,
-        framing,
-        connection,
+    data = b"".join(
+        (
+            STATUS_LINES.get(status) or status_line(status),
+            date if names_server and date else fixed,
+            block,
+            framing,
+            connection,
+            b"\r\n",
+            body if has_body else b"",
+        )
     )
-    return ResponseHead(data, content_length, chunked, keep_alive, has_body)
+    return _new_head(ResponseHead, (data, content_length, chunked, keep_alive, has_body))
 
 
 # Encoded application header blocks by their (name, value) tuples: most apps send the
