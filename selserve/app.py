@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterable
 from typing import BinaryIO
 
+from .http.parser import Request as RequestHead
+
 
 def native(app):
     """Mark `app` as a native application (`app(request) -> Response`).
@@ -32,32 +34,25 @@ def is_native(app) -> bool:
     return getattr(app, "selserve_native", False) is True
 
 
-class Request:
-    """One complete request as the application sees it."""
+class Request(RequestHead):
+    """One complete request as the application sees it.
 
-    __slots__ = (
-        "method",
-        "target",
-        "path",
-        "query",
-        "version",
-        "headers",
-        "peer",
-        "local",
-        "_body",
-    )
+    The parsed head (`method`, `target`, `path` still percent-encoded, `query`,
+    `version`, `headers` with lower-case names, `host`, `keep_alive`,
+    `content_length`, `chunked`) plus what the connection knows: the body and
+    the two addresses.  The connection's parser makes this class directly, so
+    a request is not copied from one object into another.
+    """
 
-    def __init__(self, head, body: bytes | BinaryIO = b"", peer=None, local=None) -> None:
-        self.method: str = head.method
-        self.target: str = head.target
-        self.path: str = head.path  # still percent-encoded
-        self.query: str = head.query
-        self.version: str = head.version
-        self.headers: list[tuple[str, str]] = head.headers  # names lower-cased
-        self.peer = peer  # (host, port) for TCP, the path (often "") for Unix sockets
-        self.local = local  # the listening address: (host, port) or a Unix socket path
+    __slots__ = ("peer", "local", "_body")
+
+    def arrived(self, body: bytes | BinaryIO = b"", peer=None, local=None) -> Request:
+        """Attach what follows the head: the body and the addresses. Returns self."""
         # bytes for a small body, a temporary file (at position 0) for one spilled to disk.
         self._body = body
+        self.peer = peer  # (host, port) for TCP, the path (often "") for Unix sockets
+        self.local = local  # the listening address: (host, port) or a Unix socket path
+        return self
 
     @property
     def body(self) -> bytes:
@@ -81,11 +76,7 @@ class Request:
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header `name` (case-insensitive)."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return default
+        return super().header(name.lower(), default)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} {self.version}>"

@@ -21,11 +21,12 @@ import tempfile
 from typing import TYPE_CHECKING, BinaryIO
 
 from . import app as native
+from .app import Request  # what this connection's parser makes of each request head
 from .backends import READABLE, WRITABLE
 from .buffer import WriteBuffer
 from .http import response as wire
 from .http.errors import HTTPError
-from .http.parser import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, Request, RequestParser
+from .http.parser import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, RequestParser
 from .workers import WAIT
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class Connection:
         self.fd = sock.fileno()
         self.peer = peer
         self.local = local
-        self.parser = RequestParser(**server.parser_limits)
+        self.parser = RequestParser(**server.parser_limits, request_class=Request)
         self.out = WriteBuffer(config.high_water, config.low_water)
         self.state = READING
         self.head: Request | None = None
@@ -266,7 +267,7 @@ class Connection:
             self._start_response(server.stats_response())
             return
         body = self._take_body() if self.body_size or self.spill is not None else b""
-        request = native.Request(head, body, self.peer, self.local)
+        request = head.arrived(body, self.peer, self.local)
         pool = server.pool
         if pool is not None:
             # Until the worker answers, neither read (pipelined input would pile

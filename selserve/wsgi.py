@@ -255,39 +255,25 @@ class WSGIAdapter:
         # Not in PEP 3333, but what frameworks look for to see the undecoded path.
         environ["REQUEST_URI"] = environ["RAW_URI"] = request.target
 
-        host = None
-        has_body = False
         for name, value in request.headers:
-            key = _ENVIRON_KEYS.get(name)
-            if key is None:
-                key = _environ_key(name)
-            if key is _DROP:
-                continue
-            if key[0] != "H":
-                if key == "CONTENT_LENGTH":
-                    has_body = True
-                    if not value.isdigit():
-                        continue  # a list like "5, 5": measured below
-                elif key == "TRANSFER_ENCODING":
-                    # The connection has removed the chunked coding: wsgi.input holds
-                    # the decoded body, and CONTENT_LENGTH (below) says how long it is.
-                    has_body = True
-                    continue
-                if key in environ:
-                    continue  # the first Content-Type / Content-Length wins
-            elif key in environ:
+            key = _ENVIRON_KEYS.get(name) or _environ_key(name)
+            if key in environ:
                 # RFC 9110 §5.3: repeated fields combine with commas; cookies with
                 # "; " (RFC 6265 §5.4), since a comma could be part of a cookie.
-                environ[key] += "; " + value if key == "HTTP_COOKIE" else ", " + value
-                continue
-            elif key == "HTTP_HOST":
-                host = value
-            environ[key] = value
+                # (A repeated Content-Type: the first one stands.)
+                if key[0] == "H":
+                    environ[key] += "; " + value if key == "HTTP_COOKIE" else ", " + value
+            elif key is not _DROP:
+                environ[key] = value
 
-        if has_body:
+        if request.chunked:
+            # The connection has removed the chunked coding: wsgi.input holds the
+            # decoded body, and CONTENT_LENGTH says how long that is.
             stream = environ["wsgi.input"] = request.stream
-            if "CONTENT_LENGTH" not in environ:
-                environ["CONTENT_LENGTH"] = str(_stream_size(stream))
+            environ["CONTENT_LENGTH"] = str(_stream_size(stream))
+        elif request.content_length is not None:
+            environ["wsgi.input"] = request.stream
+            environ["CONTENT_LENGTH"] = str(request.content_length)
         else:
             environ["wsgi.input"] = _NO_BODY
 
@@ -298,7 +284,7 @@ class WSGIAdapter:
             if len(self._server_address) < _CACHE_MAX:
                 self._server_address[local] = address
         if address is None:
-            address = self._server_address_from_host(host, local)
+            address = self._server_address_from_host(request.host, local)
         environ["SERVER_NAME"], environ["SERVER_PORT"] = address
 
         peer = request.peer
@@ -651,8 +637,10 @@ def _environ_key(name: str) -> str:
 # Request header (lower-case) → environ key; grows up to _CACHE_MAX names.
 _ENVIRON_KEYS: dict[str, str] = {
     "content-type": "CONTENT_TYPE",
-    "content-length": "CONTENT_LENGTH",
-    "transfer-encoding": "TRANSFER_ENCODING",  # never stored: see environ()
+    # The body's framing: CONTENT_LENGTH is set from the parsed request instead
+    # (the decoded length for a chunked body).
+    "content-length": _DROP,
+    "transfer-encoding": _DROP,
 }
 
 

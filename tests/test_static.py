@@ -44,22 +44,13 @@ INDEX = b"<!doctype html><title>site</title><p>the index</p>\n"
 # --------------------------------------------------------------------------- requests
 
 
-@dataclass
-class FakeHead:
-    """What `Request.__init__` copies from a parsed request head."""
-
-    method: str
-    target: str
-    path: str
-    query: str
-    version: str
-    headers: list[tuple[str, str]]
-
-
 def make_request(target: str, method: str = "GET", headers=()) -> Request:
     path, _, query = target.partition("?")
-    head = FakeHead(method, target, path, query, "HTTP/1.1", [(k.lower(), v) for k, v in headers])
-    return Request(head, b"", ("127.0.0.1", 40000))
+    fields = [(k.lower(), v) for k, v in headers]
+    request = Request(
+        method, target, path, query, "HTTP/1.1", fields, True, None, False, False, host="t"
+    )
+    return request.arrived(b"", ("127.0.0.1", 40000))
 
 
 @dataclass

@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 import warnings
-from types import SimpleNamespace
 from wsgiref.validate import WSGIWarning, validator
 
 import pytest
@@ -52,16 +51,25 @@ def make_request(
     peer=PEER,
     local=LOCAL,
 ) -> Request:
+    """A request as the connection hands it over: head fields derived from `headers`."""
     path, _, query = target.partition("?")
-    head = SimpleNamespace(
-        method=method,
-        target=target,
-        path=path,
-        query=query,
-        version=version,
-        headers=[(name.lower(), value) for name, value in headers],
+    fields = [(name.lower(), value) for name, value in headers]
+    first = dict(reversed(fields))  # the first value of each field
+    length = first.get("content-length")
+    request = Request(
+        method,
+        target,
+        path,
+        query,
+        version,
+        fields,
+        keep_alive=True,
+        content_length=None if length is None else int(length),
+        chunked="transfer-encoding" in first,
+        expect_continue=False,
+        host=first.get("host", ""),
     )
-    return Request(head, body, peer, local)
+    return request.arrived(body, peer, local)
 
 
 def drain(response: Response) -> bytes:

@@ -222,6 +222,7 @@ class RequestParser:
         "_scan",
         "_line_end",
         "_valid_host",
+        "_request_class",
         "_remaining",
         "_body_seen",
     )
@@ -233,6 +234,7 @@ class RequestParser:
         max_header_bytes: int = 65536,
         max_headers: int = 100,
         max_body_size: int = 10 * 1024 * 1024,
+        request_class: type[Request] = Request,
     ) -> None:
         self.max_request_line = max_request_line
         self.max_header_bytes = max_header_bytes
@@ -247,6 +249,9 @@ class RequestParser:
         self._state = _HEAD
         self._error: HTTPError | None = None
         self._valid_host = ""
+        # What Request events are made as: a subclass may add slots of its own
+        # (the application's request), so that nobody copies the head.
+        self._request_class = request_class
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -492,7 +497,7 @@ class RequestParser:
         else:
             self._buf = b""
             self._pos = 0
-        return Request(
+        return self._request_class(
             method,
             target,
             path,
