@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 
 from selserve.http import response as wire
@@ -9,8 +11,18 @@ from selserve.http import response as wire
 FIXED = b"Date: Fri, 27 Nov 2026 14:00:00 GMT\r\nServer: t\r\n"
 
 
+class Framing(NamedTuple):
+    """build_head()'s answer, by name."""
+
+    data: bytes
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    has_body: bool
+
+
 def head(status=200, headers=(), *, method="GET", http11=True, keep_alive=True, length=None):
-    return wire.build_head(
+    return framed(
         status,
         list(headers),
         method=method,
@@ -19,6 +31,10 @@ def head(status=200, headers=(), *, method="GET", http11=True, keep_alive=True, 
         body_length=length,
         fixed=FIXED,
     )
+
+
+def framed(*args, **kwargs) -> Framing:
+    return Framing(*wire.build_head(*args, **kwargs))
 
 
 def lines(framing) -> list[bytes]:
@@ -140,7 +156,7 @@ def test_app_date_is_dropped_for_the_servers_own():
 
 
 def test_app_server_header_replaces_the_servers():
-    framing = wire.build_head(
+    framing = framed(
         200,
         [("Server", "myapp")],
         method="GET",
@@ -180,7 +196,7 @@ def test_304_keeps_the_apps_content_length():
     ],
 )
 def test_a_body_known_in_full_follows_its_head_only_when_the_response_has_one(status, method, sent):
-    framing = wire.build_head(
+    framing = framed(
         status,
         [],
         method=method,

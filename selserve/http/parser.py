@@ -342,6 +342,8 @@ class RequestParser:
         buf = self._buf
         pos = self._pos
         end = len(buf)
+        if pos >= end and not self._skipped:
+            return CLOSED if self._eof else NEED_DATA  # nothing of a next request yet
         if pos < end and (buf[pos] == 10 or buf[pos] == 13):
             # RFC 9112 §2.2: ignore at least one empty line before a request-line. They
             # count toward the request-line limit so that they cannot go on forever.

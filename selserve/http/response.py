@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import NamedTuple
 
 # field-name = token (RFC 9110 §5.1, §5.6.2)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -53,20 +52,6 @@ def date_line(timestamp: float) -> bytes:
     return b"Date: " + formatdate(timestamp, usegmt=True).encode("ascii") + b"\r\n"
 
 
-class ResponseHead(NamedTuple):
-    """The framing decided for one response, and its serialised head."""
-
-    data: bytes
-    content_length: int | None
-    chunked: bool
-    keep_alive: bool
-    has_body: bool
-
-
-# Built without NamedTuple's Python-level __new__: one per response adds up.
-_new_head = tuple.__new__
-
-
 def build_head(
     status: int,
     headers: list[tuple[str, str]],
@@ -78,8 +63,13 @@ def build_head(
     fixed: bytes,
     date: bytes = b"",
     body: bytes = b"",
-) -> ResponseHead:
+) -> tuple[bytes, int | None, bool, bool, bool]:
     """Serialise a response head and decide its framing.
+
+    Returns `(data, content_length, chunked, keep_alive, has_body)`: the bytes
+    to send, the body length the head announces (None: chunked or until
+    close), whether the body must be chunked, whether the connection stays
+    open after it, and whether the response carries a body at all.
 
     `body_length` is the body's size when the server knows it (bytes, files),
     None when it is streamed.  `fixed` holds pre-encoded lines every response
@@ -133,7 +123,7 @@ def build_head(
             body if has_body else b"",
         )
     )
-    return _new_head(ResponseHead, (data, content_length, chunked, keep_alive, has_body))
+    return data, content_length, chunked, keep_alive, has_body
 
 
 # Encoded application header blocks by their (name, value) tuples: most apps send the
