@@ -213,6 +213,11 @@ class Connection:
                 self.head = event
                 if event.chunked or event.content_length:
                     self._start_body(event)
+                    continue
+                parser.next_event()  # its EndOfMessage: without a body, the head is all
+                self._respond()
+                if self.state is READING and not self.head_started:
+                    return  # answered, and nothing of another request has arrived
             elif kind is EndOfMessage:
                 self._respond()
             elif event is NEED_DATA:
