@@ -129,7 +129,9 @@ class WSGIAdapter:
         # they are replaced in place instead of growing it entry by entry.
         for key in _PER_REQUEST_KEYS:
             self._base[key] = None
-        self._server_address: dict[object, tuple[str, str] | None] = {}
+        # The base environ per listening address: SERVER_NAME and SERVER_PORT
+        # filled in where the address says them (None: taken from Host).
+        self._listener_bases: dict[object, dict] = {}
 
     def __repr__(self) -> str:
         return f"<WSGIAdapter {self.app!r} root_path={self.root_path!r}>"
@@ -240,7 +242,11 @@ class WSGIAdapter:
 
     def environ(self, request: Request) -> dict:
         """The PEP 3333 environ for `request`."""
-        environ = self._base.copy()
+        local = request.local
+        base = self._listener_bases.get(local)
+        if base is None:
+            base = self._listener_base(local)
+        environ = base.copy()
         path = request.path
         # PEP 3333 "bytes as str": decode %XX once, keep each byte as one latin-1 char.
         if "%" in path:
@@ -277,15 +283,10 @@ class WSGIAdapter:
         else:
             environ["wsgi.input"] = _NO_BODY
 
-        local = request.local
-        address = self._server_address.get(local, _END) if type(local) is tuple else None
-        if address is _END:
-            address = _tcp_server_address(local)
-            if len(self._server_address) < _CACHE_MAX:
-                self._server_address[local] = address
-        if address is None:
-            address = self._server_address_from_host(request.host, local)
-        environ["SERVER_NAME"], environ["SERVER_PORT"] = address
+        if environ["SERVER_NAME"] is None:  # a wildcard or Unix socket listener
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = self._server_address_from_host(
+                request.host, local
+            )
 
         peer = request.peer
         if type(peer) is tuple:
@@ -294,6 +295,14 @@ class WSGIAdapter:
         else:
             environ["REMOTE_ADDR"] = peer or ""  # a Unix socket's peer, usually unnamed
         return environ
+
+    def _listener_base(self, local) -> dict:
+        base = self._base.copy()
+        if type(local) is tuple and local[0] not in _WILDCARD_HOSTS:
+            base["SERVER_NAME"], base["SERVER_PORT"] = local[0], str(local[1])
+        if len(self._listener_bases) < _CACHE_MAX:
+            self._listener_bases[local] = base
+        return base
 
     def _server_address_from_host(self, host: str | None, local) -> tuple[str, str]:
         """SERVER_NAME and SERVER_PORT when the listener's address does not say."""
@@ -693,14 +702,6 @@ def _stream_size(stream) -> int:
     size = stream.seek(0, os.SEEK_END)
     stream.seek(position)
     return size - position
-
-
-def _tcp_server_address(local) -> tuple[str, str] | None:
-    """SERVER_NAME and SERVER_PORT of a TCP listener; None for a wildcard address."""
-    host, port = local[0], local[1]
-    if host in _WILDCARD_HOSTS:
-        return None
-    return host, str(port)
 
 
 def _close(result) -> None:

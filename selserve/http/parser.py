@@ -342,9 +342,7 @@ class RequestParser:
         buf = self._buf
         pos = self._pos
         end = len(buf)
-        if pos >= end and not self._skipped:
-            return CLOSED if self._eof else NEED_DATA  # nothing of a next request yet
-        if pos < end and (buf[pos] == 10 or buf[pos] == 13):
+        if pos < end and buf[pos] in b"\r\n":
             # RFC 9112 §2.2: ignore at least one empty line before a request-line. They
             # count toward the request-line limit so that they cannot go on forever.
             m = EMPTY_LINES_B.match(buf, pos)
@@ -409,7 +407,7 @@ class RequestParser:
 
         # Header section: from after the request line up to and including the blank line.
         line_end = m.end() - 1  # type: ignore[union-attr]  # the request line's LF
-        if len(text) - line_end - 1 > self.max_header_bytes:
+        if len(text) > self.max_header_bytes and len(text) - line_end - 1 > self.max_header_bytes:
             raise HTTPError(431, "request header section too large")
         fields = FIELD_LINE.findall(text, line_end)
         count = len(fields)

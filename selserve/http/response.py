@@ -34,6 +34,9 @@ def _status_line(status: int, version: bytes = b"HTTP/1.1") -> bytes:
     return b"%s %d %s\r\n" % (version, status, reason.encode("ascii"))
 
 
+# Statuses whose responses never carry content (RFC 9110 §6.4.1).
+_NO_CONTENT = frozenset((*range(100, 200), 204, 304))
+
 # Pre-encoded status lines for every status http.HTTPStatus knows.
 STATUS_LINES: dict[int, bytes] = {int(s): _status_line(int(s)) for s in HTTPStatus}
 
@@ -85,7 +88,7 @@ def build_head(
     if wants_close:
         keep_alive = False
     # RFC 9110 §6.4.1: no content for HEAD, 1xx, 204 or 304.
-    has_body = method != "HEAD" and status >= 200 and status != 204 and status != 304
+    has_body = method != "HEAD" and status not in _NO_CONTENT
     content_length = body_length if body_length is not None else app_length
     chunked = False
     if status < 200 or status == 204:
