@@ -33,6 +33,17 @@ def app(request):
     if request.path == "/fail-late":
         # far past the high-water mark: part of the answer has gone out
         return Response(200, [], failing_body(20_000, 1024))
+    if request.path == "/describe":
+        seen = (
+            request.method,
+            request.host,
+            request.header("X-Tag"),
+            request.body,
+            request.stream.read(),
+            request.peer[0],
+            request.local[0],
+        )
+        return Response(200, [], repr(seen).encode())
     return Response(200, [], b"fine")
 
 
@@ -113,3 +124,16 @@ def test_a_trickled_head_is_cut_off_at_the_header_timeout(port):
         elapsed = time.monotonic() - started
     assert received.startswith(b"HTTP/1.1 408")
     assert 0.4 < elapsed < 2.0, f"cut off after {elapsed:.2f} s, header timeout is 0.5 s"
+
+
+def test_each_request_carries_its_own_head_body_and_addresses(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /describe HTTP/1.1\r\nHost: one\r\nX-Tag: a\r\nContent-Length: 4\r\n\r\nbody"
+            b"GET /describe HTTP/1.1\r\nHost: two\r\n\r\n"  # pipelined: no body of its own
+        )
+        answers = [read_response(sock)[1] for _ in range(2)]
+    assert answers == [
+        repr(("POST", "one", "a", b"body", b"body", "127.0.0.1", "127.0.0.1")).encode(),
+        repr(("GET", "two", None, b"", b"", "127.0.0.1", "127.0.0.1")).encode(),
+    ]

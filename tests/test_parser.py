@@ -136,6 +136,21 @@ def test_simple_get_gives_request_then_end_of_message():
     assert events[1] == EndOfMessage() and len(events[1].trailers) == 0
 
 
+def test_request_events_are_made_as_the_given_request_class():
+    class AppRequest(Request):
+        __slots__ = ("extra",)
+
+    parser = RequestParser(request_class=AppRequest)
+    parser.feed(get(b"Host: example.com") + get(b"Host: example.com", target=b"/second"))
+    first = parser.next_event()
+    assert type(first) is AppRequest
+    assert (first.method, first.target, first.host) == ("GET", "/", "example.com")
+    assert parser.next_event() == EndOfMessage()
+    parser.start_next_request()
+    second = parser.next_event()
+    assert type(second) is AppRequest and second.target == "/second"
+
+
 def test_request_line_parts():
     req = head(get(b"Host: example.com", target=b"/a/b%20c?x=1&y=2"))
     assert (req.method, req.target, req.path, req.query, req.version) == (
