@@ -420,6 +420,64 @@ def test_absolute_form_with_ipv6_host():
     assert head(get(b"Host: [::1]:80", target=b"http://[::1]:80/x")).path == "/x"
 
 
+# RFC 9112 §3.2.2: a server given an absolute-form target ignores Host and uses the
+# target's authority. The app sees Host as Request.host and in Request.headers (HTTP_HOST).
+
+
+def test_absolute_form_authority_replaces_host():
+    assert head(get(b"Host: good.example", target=b"http://evil.example/x")).host == "evil.example"
+
+
+def test_absolute_form_authority_replaces_host_field_in_place():
+    req = head(get(b"A: 1", b"Host: good.example", b"B: 2", target=b"http://evil.example/x"))
+    assert req.headers == [("a", "1"), ("host", "evil.example"), ("b", "2")]
+
+
+def test_absolute_form_authority_replaces_host_with_its_port():
+    req = head(get(b"Host: good.example", target=b"https://evil.example:8443/x?q"))
+    assert (req.host, req.header("host")) == ("evil.example:8443", "evil.example:8443")
+
+
+def test_absolute_form_ipv6_authority_replaces_host():
+    req = head(get(b"Host: good.example", target=b"http://[2001:db8::1]:8080/x"))
+    assert (req.host, req.header("host")) == ("[2001:db8::1]:8080", "[2001:db8::1]:8080")
+
+
+def test_absolute_form_still_needs_host_on_http11():
+    assert refused(get(target=b"http://example.com/x")) == 400
+
+
+def test_absolute_form_still_needs_a_valid_host():
+    assert refused(get(b"Host: bad host", target=b"http://example.com/x")) == 400
+
+
+def test_absolute_form_with_two_hosts_refused():
+    assert refused(get(b"Host: a", b"Host: a", target=b"http://example.com/x")) == 400
+
+
+def test_absolute_form_http10_without_host_takes_the_authority():
+    req = head(get(target=b"http://example.com/x", version=b"HTTP/1.0"))
+    assert (req.host, req.headers) == ("example.com", [])
+
+
+def test_origin_form_keeps_its_host():
+    req = head(get(b"Host: good.example", target=b"/x"))
+    assert (req.host, req.headers) == ("good.example", [("host", "good.example")])
+
+
+def test_origin_form_after_absolute_form_keeps_its_host():
+    raw = get(b"Host: good.example", target=b"http://evil.example/") + get(b"Host: good.example")
+    assert [(e.host, e.headers) for e in parse(raw) if type(e) is Request] == [
+        ("evil.example", [("host", "evil.example")]),
+        ("good.example", [("host", "good.example")]),
+    ]
+
+
+def test_authority_form_keeps_its_host():
+    req = head(b"CONNECT example.com:443 HTTP/1.1\r\nHost: proxy.example\r\n\r\n")
+    assert req.host == "proxy.example"
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -835,8 +893,56 @@ def test_chunk_data_longer_than_size_refused():
     assert refused(chunked(b"3\r\nhello\r\n0\r\n\r\n")) == 400
 
 
-def test_bare_lf_accepted_in_chunked_framing():
-    assert body(chunked(b"5\nhello\n0\n\n")) == b"hello"
+# Each chunked body once with a bare LF in its framing, once with CRLF there instead.
+BARE_LF_FRAMING = {
+    "after-chunk-size": (b"3\nabc\r\n0\r\n\r\n", b"3\r\nabc\r\n0\r\n\r\n"),
+    "after-extension": (b"3;e=1\nabc\r\n0\r\n\r\n", b"3;e=1\r\nabc\r\n0\r\n\r\n"),
+    "after-chunk-data": (b"3\r\nabc\n0\r\n\r\n", b"3\r\nabc\r\n0\r\n\r\n"),
+    "after-last-chunk": (b"3\r\nabc\r\n0\n\r\n", b"3\r\nabc\r\n0\r\n\r\n"),
+    "final-line-end": (b"3\r\nabc\r\n0\r\n\n", b"3\r\nabc\r\n0\r\n\r\n"),
+    "trailer-line": (b"0\r\nT: 1\nU: 2\r\n\r\n", b"0\r\nT: 1\r\nU: 2\r\n\r\n"),
+    "after-trailers": (b"0\r\nT: 1\r\n\n", b"0\r\nT: 1\r\n\r\n"),
+    "everywhere": (b"3\nabc\n0\n\n", b"3\r\nabc\r\n0\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("where", BARE_LF_FRAMING)
+def test_bare_lf_in_chunked_framing_refused(where):
+    # RFC 9112 §2.2's leniency covers the head only; §7.1 framing is CRLF throughout.
+    assert refused(chunked(BARE_LF_FRAMING[where][0])) == 400
+
+
+@pytest.mark.parametrize("where", BARE_LF_FRAMING)
+def test_crlf_in_chunked_framing_accepted(where):
+    assert type(parse(chunked(BARE_LF_FRAMING[where][1]))[-2]) is EndOfMessage
+
+
+def test_bare_lf_in_chunked_framing_detail():
+    _, error = whole(chunked(b"3\nabc\r\n0\r\n\r\n"))
+    assert error == (400, "bare LF in chunked body")
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"3\n", b"3\r\nabc\n", b"3\r\nabc\r\n0\n", b"0\r\n\n", b"0\r\nT: 1\n"],
+    ids=["chunk-size", "chunk-data", "last-chunk", "final-line-end", "trailer-line"],
+)
+def test_bare_lf_in_chunked_framing_refused_as_soon_as_it_arrives(framing):
+    assert refused(chunked(framing), eof=False) == 400
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"3\r", b"3;e=1\r", b"3\r\nabc\r", b"0\r", b"0\r\n\r", b"0\r\nT: 1\r"],
+    ids=["chunk-size", "extension", "chunk-data", "last-chunk", "final-line-end", "trailer-line"],
+)
+def test_chunked_framing_ending_in_cr_waits_for_its_lf(framing):
+    assert whole(chunked(framing), eof=False)[1] is None
+
+
+def test_head_with_bare_lf_still_takes_a_crlf_chunked_body():
+    raw = b"POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n3\r\nabc\r\n0\r\n\r\n"
+    assert body(raw) == b"abc"
 
 
 def test_chunk_line_at_length_limit_accepted():
@@ -864,9 +970,8 @@ def test_trailers_returned_in_end_of_message():
     assert events[-2] == EndOfMessage([("x-sum", "abc"), ("x-other", "1")])
 
 
-def test_trailers_with_bare_lf():
-    events = parse(chunked(b"0\nX-Sum: 1\n\n"))
-    assert events[-2] == EndOfMessage([("x-sum", "1")])
+def test_trailers_with_bare_lf_refused():
+    assert refused(chunked(b"0\r\nX-Sum: 1\n\n")) == 400
 
 
 @pytest.mark.parametrize("line", [b"X-Sum : 1", b" folded", b"NoColon", b"X: a\x00b", b"X: a\rb"])
@@ -912,6 +1017,117 @@ def test_chunked_then_pipelined_request():
     raw = chunked(b"1\r\na\r\n0\r\n\r\n") + get(b"Host: h", target=b"/next")
     events = parse(raw)
     assert [e.target for e in events if type(e) is Request] == ["/submit", "/next"]
+
+
+# --- chunked framing budget (RFC 9112 §7.1.1; CVE-2024-22019) -------------------------------
+
+
+def chunks_of(data: bytes, size: int, ext: bytes = b"") -> bytes:
+    """data as chunk-data of `size` bytes each (the last maybe shorter), then the last-chunk
+    and an empty trailer section."""
+    pieces = (data[i : i + size] for i in range(0, len(data), size))
+    return b"".join(b"%x%s\r\n%s\r\n" % (len(p), ext, p) for p in pieces) + b"0\r\n\r\n"
+
+
+def pieces_of(raw: bytes, size: int):
+    """raw in pieces of `size` bytes, cut as they are fed (an error stops the feeding)."""
+    return (raw[i : i + size] for i in range(0, len(raw), size))
+
+
+# The shape of CVE-2024-22019: 1000 one-byte chunks, each with a 4 KiB extension, so
+# 1000 bytes of data take 4 MB on the wire.
+EXTENSION_FLOOD = chunked(chunks_of(b"Z" * 1000, 1, b";a=" + b"x" * 4080))
+
+
+def test_extension_flood_refused_with_413():
+    assert whole(EXTENSION_FLOOD, max_body_size=1000)[1] == (413, "too much chunked framing")
+
+
+def test_extension_flood_fed_a_few_bytes_at_a_time_refused_with_413():
+    _, error = run(pieces_of(EXTENSION_FLOOD, 7), max_body_size=1000)
+    assert error == (413, "too much chunked framing")
+
+
+def test_extension_flood_refused_within_its_first_chunks():
+    # 1000 / 8 + 16 KiB of framing: the fifth 4 KiB extension is past it.
+    events, error = whole(EXTENSION_FLOOD, max_body_size=1000)
+    assert error is not None and sum(type(e) is Data for e in events) == 4
+
+
+def test_extension_flood_refused_under_default_limits():
+    # max_body_size is 10 MiB by default: framing may take 1.25 MiB + 16 KiB, not 4 MB.
+    assert whole(EXTENSION_FLOOD)[1] == (413, "too much chunked framing")
+
+
+@pytest.mark.parametrize("size", [100, 1024, 4096])
+def test_chunked_body_at_max_body_size_in_ordinary_chunks_accepted(size):
+    data = bytes(range(256)) * 40
+    raw = chunked(chunks_of(data, size, b';name="value"'))
+    assert body(raw, max_body_size=len(data)) == data
+
+
+def test_tiny_chunks_are_framing_within_the_budget():
+    # 2-byte chunks: 5 bytes of framing per 2 of data, well within an eighth of the limit.
+    raw = chunked(chunks_of(b"ab" * 4_000, 2))
+    assert body(raw, max_body_size=1 << 20) == b"ab" * 4_000
+
+
+def extension_flood(last_extension: int) -> bytes:
+    """Four 1-byte chunks with 4,000-byte extensions, then one with `last_extension`
+    bytes of extension. Framing: 4,005 bytes per chunk of the four (its line and the
+    CRLF after its data), last_extension + 5 for the last, 5 for the end: 16,030 bytes
+    plus last_extension."""
+    flood = chunks_of(b"abcd", 1, b";e=" + b"x" * 3997)
+    last = b"1;e=" + b"x" * (last_extension - 3) + b"\r\nZ\r\n"
+    return chunked(flood[: -len(b"0\r\n\r\n")] + last + b"0\r\n\r\n")
+
+
+def test_framing_up_to_its_budget_accepted():
+    # max_body_size 1000: 1000 // 8 + 16,384 = 16,509 bytes of framing, all of it used.
+    assert body(extension_flood(479), max_body_size=1000) == b"abcdZ"
+
+
+def test_framing_one_byte_over_its_budget_refused_with_413():
+    assert refused(extension_flood(480), max_body_size=1000) == 413
+
+
+def test_chunk_data_over_max_body_size_keeps_its_own_413():
+    raw = chunked(b"3e9\r\n" + b"d" * 1001 + b"\r\n0\r\n\r\n")
+    assert whole(raw, max_body_size=1000)[1] == (413, "request body too large")
+
+
+# 17,000 bytes of trailer section: past the framing budget of a small max_body_size
+# (100 // 8 + 16,384), within the default max_header_bytes.
+TRAILER_17K = b"X: " + b"a" * 16_993 + b"\r\n\r\n"
+
+
+def test_trailer_section_over_framing_budget_refused_with_413():
+    assert refused(chunked(b"0\r\n" + TRAILER_17K), max_body_size=100) == 413
+
+
+@pytest.mark.parametrize(
+    ("max_header_bytes", "max_body_size", "status"), [(50, 100, 431), (20_000, 100, 413)]
+)
+def test_trailer_section_over_both_bounds_gets_the_status_of_the_smaller(
+    max_header_bytes, max_body_size, status
+):
+    raw = chunked(b"0\r\n" + TRAILER_17K)
+    limits = {"max_header_bytes": max_header_bytes, "max_body_size": max_body_size}
+    assert refused(raw, **limits) == status
+
+
+@pytest.mark.parametrize(
+    ("raw", "max_body_size"),
+    [
+        pytest.param(extension_flood(480), 1000, id="chunk-lines"),
+        pytest.param(chunked(b"0\r\n" + TRAILER_17K), 100, id="trailers"),
+    ],
+)
+def test_framing_budget_error_is_the_same_for_every_two_way_split(raw, max_body_size):
+    # Every 17th split point (the inputs are 17 KB), and every one near the head's end.
+    cuts = sorted({*range(1, len(raw), 17), *range(1, 120)})
+    errors = {run([raw[:i], raw[i:]], max_body_size=max_body_size)[1] for i in cuts}
+    assert errors == {(413, "too much chunked framing")}
 
 
 # --- Expect (RFC 9110 §10.1.1) -------------------------------------------------------------
@@ -1319,6 +1535,8 @@ SAMPLES = [
     get(b"Host: h", b"X : y"),
     get(b"Host: h", version=b"HTTP/2.0"),
     chunked(b"5\r\nhelloX"),
+    chunked(b"3\nabc\n0\n\n"),
+    chunked(b"5\r\nhello\r\n0\r\nT: 1\nU: 2\r\n\r\n"),
     post(b"Content-Length: 10", body=b"abc"),
     get(b"Host: h") + b"GET / HTTP/1.1\r\nHost: h\r\nA: \x00\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: h\r\r\n\r\n",
@@ -1380,13 +1598,14 @@ def requests(draw):
         pieces = [
             content[a:b] for a, b in zip([0, *cuts], [*cuts, len(content)], strict=True) if b > a
         ]
+        # The head may end its lines with a bare LF; chunked framing may not (§7.1).
         for piece in pieces:
             ext = draw(st.sampled_from([b"", b";a", b";a=b", b' ; q="x y"']))
-            payload += b"%x%s%s%s%s" % (len(piece), ext, eol, piece, eol)
+            payload += b"%x%s\r\n%s\r\n" % (len(piece), ext, piece)
         trailers = [(n.lower(), v) for n, v in draw(fields)]
-        payload += b"0" + eol
-        payload += b"".join(f"{n}: {v}".encode("latin-1") + eol for n, v in trailers)
-        payload += eol
+        payload += b"0\r\n"
+        payload += b"".join(f"{n}: {v}\r\n".encode("latin-1") for n, v in trailers)
+        payload += b"\r\n"
     else:
         content = b""
     lines = [f"{method} {target} HTTP/1.1".encode()]
@@ -1483,3 +1702,25 @@ def test_limit_errors_do_not_depend_on_how_input_is_split(raw, limits, eof):
     events, error = whole(raw, eof=eof, **limits)
     events_b, error_b = bytewise(raw, eof=eof, **limits)
     assert (normalise(events_b), error_b) == (normalise(events), error)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(mutated_requests() | st.binary(min_size=1, max_size=200), min_size=1, max_size=4),
+    st.lists(st.integers(0, 3000), max_size=10),
+    small_limits,
+)
+def test_the_parser_holds_no_more_than_its_limits_plus_the_last_feed(pieces, cuts, limits):
+    # What a client can make a connection hold while a request is being parsed: a head
+    # (its limits), a chunk-size line or trailers (their limits); bodies leave as Data.
+    # Requests are answered at once here (PAUSED -> start_next_request), as the
+    # connection answers one before it reads more.
+    parser = RequestParser(**limits)
+    bound = limits["max_request_line"] + limits["max_header_bytes"] + MAX_CHUNK_LINE
+    for piece in split_at(b"".join(pieces), cuts):
+        parser.feed(piece)
+        try:
+            drain(parser)
+        except HTTPError:
+            return
+        assert parser.buffered <= bound + len(piece)

@@ -93,12 +93,14 @@ AUTHORITY_FORM_RE = re.compile(rf"{URI_HOST}:{PORT}")
 #   hier-part     = "//" authority path-abempty / ...
 #   path-abempty  = *( "/" segment )
 #   scheme        = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+#   authority     = [ userinfo "@" ] host [ ":" port ]      ; RFC 3986 §3.2
 # Only the "//" authority path-abempty kind of hier-part makes sense for HTTP. The host
 # must not be empty (RFC 9110 §4.2.1), and userinfo ("user@host") is refused: RFC 9110
-# §4.2.4 says a recipient SHOULD treat it as an error.
+# §4.2.4 says a recipient SHOULD treat it as an error. Groups: authority (host and port,
+# which replace Host, RFC 9112 §3.2.2), path, query.
 SCHEME = r"[A-Za-z][A-Za-z0-9+\-.]*"
 ABSOLUTE_FORM_RE = re.compile(
-    rf"{SCHEME}://(?:{IP_LITERAL}|{_REG_NAME_CHAR}+)(?::{PORT})?((?:/[^?]*)?)(?:\?(.*))?"
+    rf"{SCHEME}://((?:{IP_LITERAL}|{_REG_NAME_CHAR}+)(?::{PORT})?)((?:/[^?]*)?)(?:\?(.*))?"
 )
 
 #   Host = uri-host [ ":" port ]                            ; RFC 9110 §7.2
@@ -114,11 +116,10 @@ HOST_RE = re.compile(rf"{URI_HOST}(?::{PORT})?")
 #   field-vchar    = VCHAR / obs-text
 #
 # The end of a head (or trailer section) is the first empty line: a LF followed by an
-# optional CR and another LF. A bare LF ends a line (RFC 9112 §2.2 lets a recipient
-# accept it); a bare CR is never a line end and fails the patterns below.
+# optional CR and another LF. In a head, a bare LF ends a line (RFC 9112 §2.2 lets a
+# recipient accept it); a bare CR is never a line end and fails the patterns below.
 HEAD_END_B = re.compile(rb"\n\r?\n")
 EMPTY_LINES_B = re.compile(rb"(?:\r?\n)+")
-BLANK_LINE_B = re.compile(rb"\r?\n")
 
 FIELD_VCHAR = rf"[{VCHAR}{OBS_TEXT}]"
 
@@ -163,5 +164,12 @@ TRANSFER_CODING_RE = re.compile(
 #
 # Extensions are validated and dropped (no extension is defined that we act on). The size
 # is captured with any number of digits so that "too many digits" gets its own message.
+#
+# Every line end in this grammar is CRLF. The bare-LF leniency of RFC 9112 §2.2 covers the
+# start line and header fields only, so a bare LF inside a chunked body is refused: a front
+# end that took it for data, not framing, would see a different request boundary than we
+# do. CHUNK_LINE_B is for chunk-size and last-chunk lines; chunk-data's CRLF is compared
+# directly; a trailer section is found with HEAD_END_B, then refused if BARE_LF_B matches.
 CHUNK_EXT = rf"(?:{BWS};{BWS}{TOKEN}(?:{BWS}={BWS}(?:{TOKEN}|{QUOTED_STRING}))?)*"
-CHUNK_LINE_B = re.compile(rf"([0-9A-Fa-f]+){CHUNK_EXT}\r?\n".encode("ascii"))
+CHUNK_LINE_B = re.compile(rf"([0-9A-Fa-f]+){CHUNK_EXT}\r\n".encode("ascii"))
+BARE_LF_B = re.compile(rb"(?<!\r)\n")

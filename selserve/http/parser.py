@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from selserve.http.abnf import (
     ABSOLUTE_FORM_RE,
     AUTHORITY_FORM_RE,
-    BLANK_LINE_B,
+    BARE_LF_B,
     CHUNK_LINE_B,
     CONTENT_LENGTH_RE,
     EMPTY_LINES_B,
@@ -191,8 +191,23 @@ _ERROR = 8  # an HTTPError was raised: raise it again forever
 # Extensions carry nothing we use; the bound keeps a client from making us buffer them.
 MAX_CHUNK_LINE = 4096
 
+# The framing of a chunked body (chunk-size lines with their extensions, the CRLFs, the
+# trailer section) may take an eighth of max_body_size plus CHUNK_FRAMING_SLACK bytes;
+# past that, 413. Without a bound, max_body_size would limit only the data while the wire
+# carried any amount of extensions (CVE-2024-22019; RFC 9112 §7.1.1 asks for a limit).
+# Ordinary clients send no extensions and chunks of kilobytes, far below it; even 2-byte
+# chunks fit a body of an eighth of the limit, while a body that is mostly extensions
+# is refused after a few of them.
+CHUNK_FRAMING_SHARE = 8
+CHUNK_FRAMING_SLACK = 16 * 1024
+
 # Header names the parser itself acts on; every other field is only collected.
 _SPECIAL = frozenset(("host", "content-length", "transfer-encoding", "connection", "expect"))
+
+# The authority of an absolute-form target travels with the special fields under this
+# name (not a token, so no field can have it), which keeps origin-form requests free of
+# any check for it.
+_TARGET_AUTHORITY = ":authority"
 
 
 def _strip_list(value: str) -> list[str]:
@@ -225,6 +240,7 @@ class RequestParser:
         "_request_class",
         "_remaining",
         "_body_seen",
+        "_framing",
     )
 
     def __init__(
@@ -260,6 +276,7 @@ class RequestParser:
         self._line_end = -1  # LF of a request line checked while its head was partial
         self._remaining = 0  # body bytes left in the Content-Length body or current chunk
         self._body_seen = 0  # decoded chunked body bytes so far
+        self._framing = 0  # chunked framing bytes so far (see CHUNK_FRAMING_SHARE)
 
     # --- input ------------------------------------------------------------------------
 
@@ -402,8 +419,10 @@ class RequestParser:
         method, target, minor = m.groups()  # type: ignore[union-attr]
         if target[0] == "/" and method != "CONNECT":  # origin-form, RFC 9112 §3.2.1
             path, _, query = target.partition("?")
+            special = None  # the other fields the parser acts on, and any second Host
         else:
-            path, query = self._target_parts(method, target)
+            path, query, authority = self._target_parts(method, target)
+            special = None if authority is None else [(_TARGET_AUTHORITY, authority)]
 
         # Header section: from after the request line up to and including the blank line.
         line_end = m.end() - 1  # type: ignore[union-attr]  # the request line's LF
@@ -420,7 +439,6 @@ class RequestParser:
         headers = []
         append = headers.append
         host = None
-        special = None  # the other fields the parser acts on, and any second Host
         for name, value in fields:
             name = name.lower()
             append((name, value))
@@ -447,6 +465,16 @@ class RequestParser:
                     conn = value if conn is None else f"{conn},{value}"
                 elif name == "expect":
                     expect = value if expect is None else f"{expect},{value}"
+                elif name == _TARGET_AUTHORITY:
+                    # RFC 9112 §3.2.2: the target's authority replaces Host, which must
+                    # still be valid; it comes first in special, before any second Host.
+                    if host is not None:
+                        if not HOST_RE.fullmatch(host):
+                            raise HTTPError(400, "invalid Host header")
+                        headers[headers.index(("host", host))] = ("host", value)
+                        host = value
+                    elif not http11:
+                        host = value  # (HTTP/1.1 without Host is refused below)
                 else:
                     raise HTTPError(400, "more than one Host header")
         # A keep-alive client sends the same Host every time: check it once.
@@ -533,25 +561,26 @@ class RequestParser:
         raise HTTPError(505, "HTTP version not supported")
 
     @staticmethod
-    def _target_parts(method: str, target: str) -> tuple[str, str]:
-        """(path, query) of a request-target, checking its form against the method."""
+    def _target_parts(method: str, target: str) -> tuple[str, str, str | None]:
+        """(path, query, authority) of a request-target, checking its form against the
+        method. authority is the host[:port] of an absolute-form target, else None."""
         if target[0] == "/":  # origin-form, RFC 9112 §3.2.1
             if method == "CONNECT":
                 raise HTTPError(400, "CONNECT needs an authority-form target")
             path, _, query = target.partition("?")
-            return path, query
+            return path, query, None
         if target == "*":  # asterisk-form, §3.2.4
             if method != "OPTIONS":
                 raise HTTPError(400, "asterisk-form target is only for OPTIONS")
-            return "*", ""
+            return "*", "", None
         if method == "CONNECT":  # authority-form, §3.2.3
             if not AUTHORITY_FORM_RE.fullmatch(target):
                 raise HTTPError(400, "invalid authority-form target")
-            return target, ""
+            return target, "", None
         m = ABSOLUTE_FORM_RE.fullmatch(target)  # absolute-form, §3.2.2
         if m is None:
             raise HTTPError(400, "invalid request-target")
-        return m[1] or "/", m[2] or ""
+        return m[2] or "/", m[3] or "", m[1]
 
     def _field_error(self, block: str) -> None:
         """Raise the right 400 for a field block (lines after the request line, blank line
@@ -638,6 +667,23 @@ class RequestParser:
             self._state = _END
         return self._take(n)
 
+    def _framing_room(self) -> int:
+        """Bytes of chunked framing the budget still allows (see CHUNK_FRAMING_SHARE)."""
+        budget = self.max_body_size // CHUNK_FRAMING_SHARE + CHUNK_FRAMING_SLACK
+        return budget - self._framing
+
+    def _count_framing(self, n: int) -> None:
+        """Count n more bytes of chunked framing; 413 if the budget does not allow them."""
+        if n > self._framing_room():
+            raise HTTPError(413, "too much chunked framing")
+        self._framing += n
+
+    def _trailer_section_error(self, room: int) -> HTTPError:
+        """The error for a trailer section over min(max_header_bytes, room) bytes."""
+        if self.max_header_bytes <= room:
+            return HTTPError(431, "trailer section too large")
+        return HTTPError(413, "too much chunked framing")
+
     def _next_chunked(self) -> Event:
         while True:
             buf = self._buf
@@ -657,6 +703,8 @@ class RequestParser:
                 return self._take(n)
 
             if state == _CHUNK_SIZE:
+                # The line is judged once its LF is in: the per-line bound keeps what we
+                # hold until then small, and the error cannot depend on the split.
                 lf = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE)
                 if lf < 0:
                     if end - pos >= MAX_CHUNK_LINE:
@@ -664,10 +712,13 @@ class RequestParser:
                     return self._need_data()
                 m = CHUNK_LINE_B.fullmatch(buf, pos, lf + 1)
                 if m is None:
+                    if lf == pos or buf[lf - 1] != 13:
+                        raise HTTPError(400, "bare LF in chunked body")
                     raise HTTPError(400, "malformed chunk-size line")
                 digits = m[1]
                 if len(digits) > 16:
                     raise HTTPError(400, "chunk size too large")
+                self._count_framing(lf + 1 - pos)
                 size = int(digits, 16)
                 self._consume(lf + 1)
                 if size == 0:
@@ -681,32 +732,43 @@ class RequestParser:
                 continue
 
             if state == _CHUNK_END:
-                # chunk-data is followed by CRLF (or a bare LF, RFC 9112 §2.2).
-                if end - pos < 2 and (pos >= end or buf[pos] == 13):
-                    return self._need_data()
-                m = BLANK_LINE_B.match(buf, pos)
-                if m is None:
+                # chunk-data is followed by CRLF, never a bare LF (see CHUNK_LINE_B).
+                if not buf.startswith(b"\r\n", pos):
+                    if end - pos < 2 and (pos >= end or buf[pos] == 13):
+                        return self._need_data()
+                    if buf[pos] == 10:
+                        raise HTTPError(400, "bare LF in chunked body")
                     raise HTTPError(400, "missing CRLF after chunk data")
-                self._consume(m.end())
+                self._count_framing(2)
+                self._consume(pos + 2)
                 self._state = _CHUNK_SIZE
                 continue
 
             # _TRAILERS: trailer-section CRLF, parsed with the header field rules.
-            if end - pos < 2 and (pos >= end or buf[pos] == 13):
-                return self._need_data()
-            m = BLANK_LINE_B.match(buf, pos)
-            if m is not None:
-                self._consume(m.end())
+            if buf.startswith(b"\r\n", pos):  # no trailer fields
+                self._count_framing(2)
+                self._consume(pos + 2)
                 self._state = _DONE
                 return _NO_TRAILERS
+            if end - pos < 2 and (pos >= end or buf[pos] == 13):
+                return self._need_data()
+            # The section must fit max_header_bytes (else 431) and the framing budget
+            # (else 413). Both bound the same growing count, so the smaller bound is met
+            # first and names the error however the bytes are split; a bare LF counts
+            # only within that bound (and within the section), for the same reason.
+            room = self._framing_room()
+            limit = min(self.max_header_bytes, room)
             m = HEAD_END_B.search(buf, pos + self._scan)
+            stop = pos + limit if m is None or m.end() - pos > limit else m.end()
+            if BARE_LF_B.search(buf, pos + self._scan, stop) is not None:
+                raise HTTPError(400, "bare LF in chunked body")
             if m is None:
-                if end - pos >= self.max_header_bytes:
-                    raise HTTPError(431, "trailer section too large")
+                if end - pos >= limit:
+                    raise self._trailer_section_error(room)
                 self._scan = max(end - pos - 2, 0)
                 return self._need_data()
-            if m.end() - pos > self.max_header_bytes:
-                raise HTTPError(431, "trailer section too large")
+            if m.end() - pos > limit:
+                raise self._trailer_section_error(room)
             # A leading LF stands in for the end of the last-chunk line, which FIELD_LINE
             # needs in front of the first field.
             text = "\n" + buf[pos : m.end()].decode("latin-1")
@@ -715,6 +777,7 @@ class RequestParser:
                 self._field_error(text[1:])
             if len(fields) > self.max_headers:
                 raise HTTPError(431, "too many trailer fields")
+            self._framing += m.end() - pos
             self._consume(m.end())
             self._state = _DONE
             return EndOfMessage([(name.lower(), value) for name, value in fields])
