@@ -1,6 +1,6 @@
 """The app the runner serves when WSGI users run: the demo app, with the load-test WSGI
 app mounted at /wsgi (`selserve loadtests._target:app`).  Static files are added with the
-command line's `--static /static=DIR`, in front of both.
+command line's `--static /static=DIR:listing`, in front of both.
 """
 
 from __future__ import annotations

@@ -279,7 +279,7 @@ def server_argv(args, backend: str, port: int, static_root: str | None) -> list[
         argv += ["--backend", backend]
     argv += ["--header-timeout", str(args.header_timeout or SERVER_HEADER_TIMEOUT)]
     if static_root is not None:
-        argv += ["--static", f"{STATIC_PREFIX}={static_root}"]
+        argv += ["--static", f"{STATIC_PREFIX}={static_root}:listing"]
     return argv + args.server_arg
 
 

@@ -1,7 +1,7 @@
 """Static-file browsers (tag static, opt-in): need the tree of `_payloads.STATIC_FILES`
-served under `--static-prefix` (the runner does `--static /static=TREE` for `--tags
+served under `--static-prefix` (the runner does `--static /static=TREE:listing` for `--tags
 static`; by hand: `python -m loadtests.run --write-static-tree DIR`, then `selserve --root
-DIR` with `--static-prefix ''`, or `--static /static=DIR` in front of an app).
+DIR` with `--static-prefix ''`, or `--static /static=DIR:listing` in front of an app).
 
 `StaticBrowser` checks every byte against the tree's known content: whole files, HEAD,
 single, suffix, open-ended and multiple ranges, If-Range, unsatisfiable ranges,

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 import typing
 
 from . import backends
@@ -24,6 +25,38 @@ USAGE_ERROR = 2
 
 class UsageError(Exception):
     """A start-up problem the user can fix; its message says how."""
+
+
+class AppFailedToLoad(UsageError):
+    """The application's own code raised while being imported or built: its
+    traceback (the app's frames only) is what the user needs to fix it."""
+
+    def __init__(self, message: str, exc: BaseException) -> None:
+        super().__init__(message)
+        self.traceback = _app_traceback(exc)
+
+
+def _app_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` from the first frame of the application's code: the
+    frames of this module and of the import machinery say nothing to the user."""
+    tb = exc.__traceback__
+    while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _is_machinery(filename: str) -> bool:
+    return (
+        filename == __file__
+        or filename.startswith("<frozen importlib")
+        or filename == importlib.__file__
+    )
+
+
+def _names_spec_module(missing: str | None, module_name: str) -> bool:
+    """Whether a ModuleNotFoundError for `missing` is about the module the command
+    line names (or a package on its way), not an import inside the app."""
+    return missing is not None and (missing == module_name or module_name.startswith(missing + "."))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,9 +118,10 @@ def load_app(spec: str):
     try:
         target = importlib.import_module(module_name)
     except Exception as exc:
-        raise UsageError(
-            f"cannot import module {module_name!r} for {spec!r}: {type(exc).__name__}: {exc}"
-        ) from None
+        message = f"cannot import module {module_name!r} for {spec!r}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, ModuleNotFoundError) and _names_spec_module(exc.name, module_name):
+            raise UsageError(message) from None  # a typo on the command line: one line
+        raise AppFailedToLoad(message, exc) from None
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
@@ -99,7 +133,9 @@ def load_app(spec: str):
         try:
             target = target()
         except Exception as exc:
-            raise UsageError(f"factory {spec!r} failed: {type(exc).__name__}: {exc}") from None
+            raise AppFailedToLoad(
+                f"factory {spec!r} failed: {type(exc).__name__}: {exc}", exc
+            ) from None
         if not callable(target):
             raise UsageError(f"factory {spec!r} returned a {type(target).__name__}, not an app")
     return target
@@ -108,13 +144,14 @@ def load_app(spec: str):
 def build_app(spec: str | None, config: Config):
     """The native application the server runs, from the APP argument and the settings."""
 
-    def static_files(root: str):
+    def static_files(root: str, listing: bool):
         from .static import StaticFiles
 
         try:
             return StaticFiles(
                 root,
-                listing=not config.no_listing,
+                listing=listing,
+                dotfiles=config.dotfiles,
                 follow_symlinks=config.follow_symlinks,
                 precompressed=config.precompressed,
             )
@@ -127,7 +164,7 @@ def build_app(spec: str | None, config: Config):
         except OSError as exc:
             raise UsageError(f"--chdir {config.chdir!r}: {exc.strerror}") from None
     if spec is None:
-        app = static_files(config.root)
+        app = static_files(config.root, listing=not config.no_listing)
     else:
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -135,7 +172,12 @@ def build_app(spec: str | None, config: Config):
     if config.static:
         from .static import mount
 
-        app = mount(app, [(prefix, static_files(d)) for prefix, d in config.static_mounts])
+        # A mount in front of an app lists only when asked to (PREFIX=DIR:listing): an
+        # upload folder must not show its contents by default, as with nginx's autoindex.
+        app = mount(
+            app,
+            [(prefix, static_files(d, listing)) for prefix, d, listing in config.static_mounts],
+        )
     return app
 
 
@@ -157,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         raise_open_file_limit()
         server = Server(app, config)
         server.bind()
-    except (UsageError, BindError) as exc:
+    except (UsageError, BindError, ValueError) as exc:
+        # ValueError: a setting the server refused (an --access-log it cannot open).
+        if isinstance(exc, AppFailedToLoad):
+            print(exc.traceback, file=sys.stderr)
         print(f"selserve: {exc}", file=sys.stderr)
         return USAGE_ERROR
     server.serve_forever()

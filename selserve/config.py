@@ -10,6 +10,7 @@ for its open-file limit.
 from __future__ import annotations
 
 import dataclasses
+import re
 import resource
 from dataclasses import dataclass, field
 
@@ -17,6 +18,33 @@ from dataclasses import dataclass, field
 def _setting(default, help: str, *, flag: str | None = None, metavar: str | None = None):
     """A Config field carrying its command-line help (and optional flag name)."""
     return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar})
+
+
+# What follows the last ":" of a --static DIR is read as an option when it is a bare word
+# ("./media:listing"); a directory whose name has a colon ends in "/" ("./a:b/").
+_MOUNT_OPTION = re.compile(r"[A-Za-z_-]*")
+# The one option a --static mount takes: list its directories.
+MOUNT_LISTING = "listing"
+
+
+def parse_static_mount(value: str) -> tuple[str, str, bool]:
+    """(URL prefix without trailing slash, directory, listing) of one --static value."""
+    prefix, sep, directory = value.partition("=")
+    listing = False
+    head, colon, option = directory.rpartition(":")
+    if colon and _MOUNT_OPTION.fullmatch(option):
+        if option != MOUNT_LISTING:
+            raise ValueError(
+                f"--static {value!r}: unknown option {option!r} after ':'; the only one "
+                f"is ':{MOUNT_LISTING}' (end a directory whose name has ':' with '/')"
+            )
+        directory, listing = head, True
+    if not sep or not prefix.startswith("/") or not directory:
+        raise ValueError(
+            f"--static {value!r} must be PREFIX=DIR or PREFIX=DIR:{MOUNT_LISTING}, "
+            "e.g. /assets=./public"
+        )
+    return prefix.rstrip("/") or "/", directory, listing
 
 
 def default_max_connections() -> int:
@@ -75,7 +103,14 @@ class Config:
     low_water: int = _setting(64 * 1024, "resume a paused body below this many bytes", metavar="B")
     # -- what is served
     root: str = _setting(".", "directory served when no APP is given", metavar="DIR")
-    no_listing: bool = _setting(False, "answer 403 for directories without index.html")
+    no_listing: bool = _setting(
+        False,
+        "answer 403 for directories without index.html under --root "
+        "(--static mounts list only with PREFIX=DIR:listing)",
+    )
+    dotfiles: bool = _setting(
+        False, "serve and list names starting with '.' (/.well-known/ is served regardless)"
+    )
     follow_symlinks: bool = _setting(False, "serve symlinks that lead outside --root")
     precompressed: bool = _setting(
         False, "serve FILE.br / FILE.gz beside FILE to clients that accept them"
@@ -83,8 +118,9 @@ class Config:
     static: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "serve DIR under URL PREFIX in front of the app (repeatable)",
-            "metavar": "PREFIX=DIR",
+            "help": "serve DIR under URL PREFIX in front of the app (repeatable); "
+            "PREFIX=DIR:listing also lists its directories",
+            "metavar": "PREFIX=DIR[:listing]",
         },
     )
     chdir: str = _setting(
@@ -154,20 +190,14 @@ class Config:
         if not self.binds:
             raise ValueError("at least one --bind address is needed")
         for mount in self.static:
-            prefix, sep, directory = mount.partition("=")
-            if not sep or not prefix.startswith("/") or not directory:
-                raise ValueError(f"--static {mount!r} must be PREFIX=DIR, e.g. /assets=./public")
+            parse_static_mount(mount)
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError("--root-path must start with / and not end with one, e.g. /app")
 
     @property
-    def static_mounts(self) -> list[tuple[str, str]]:
-        """--static values as (URL prefix without trailing slash, directory)."""
-        mounts = []
-        for mount in self.static:
-            prefix, _, directory = mount.partition("=")
-            mounts.append((prefix.rstrip("/") or "/", directory))
-        return mounts
+    def static_mounts(self) -> list[tuple[str, str, bool]]:
+        """--static values as (URL prefix without trailing slash, directory, listing)."""
+        return [parse_static_mount(mount) for mount in self.static]
 
     @property
     def connection_limit(self) -> int:

@@ -11,12 +11,19 @@ is answered with its `index.html`, or an HTML listing (names escaped and quoted,
 directories first, with size and modification time), or 403 when listings are off; a
 directory asked for without its trailing slash is redirected (301) to the slash form.
 With `precompressed`, `file.br` or `file.gz` beside `file` is sent with its
-`Content-Encoding` to clients that accept it (`Vary: Accept-Encoding`).
+`Content-Encoding` to clients that accept it (`Vary: Accept-Encoding`).  Static files
+never need a request body, so `on_head(request)` (of `StaticFiles` and of what `mount`
+returns) answers a request that carries one from its head alone, as `__call__` would,
+and the connection discards the body instead of storing it.
 
-The ETag is `"<inode>-<size>-<mtime in ns>"` (hex): it changes when a file is rewritten
-or atomically replaced.  It is strong, except for a file modified less than a second
-ago (then `W/`), because a second write within the file system's timestamp granularity
-could change the content without changing the tag; a weak tag never satisfies `If-Range`.
+The ETag is `"<size>-<mtime in ns>"` (hex; like nginx's, made of size and modification
+time only), and a precompressed variant's ends in `-<coding>`.  It never holds the
+inode: that would show how the disk is laid out (CVE-2003-1418) and differ between
+servers holding the same files.  It changes when a file is rewritten or replaced,
+unless the new content has the same size and the same modification time to the
+nanosecond.  It is strong, except for a file modified less than a second ago (then
+`W/`), because a second write within the file system's timestamp granularity could
+change the content without changing the tag; a weak tag never satisfies `If-Range`.
 
 What it must never do: serve anything outside `root`.  The path is percent-decoded
 exactly once, segment by segment, after splitting on `/`; a segment that decodes to
@@ -25,8 +32,11 @@ and raw non-ASCII are all refused with 404.  The opened file's real path (from i
 descriptor, so no race between check and use) must lie under the root's real path,
 unless `follow_symlinks` is set.  Only regular files and directories are served (a
 FIFO or a device is 404, and is opened non-blocking so it cannot stall the loop).
-Each request costs one `open` and one `fstat` on the opened descriptor (plus one
-`readlink` of the descriptor to check where it really is).
+Nor, unless `dotfiles` is set, anything hidden: a path with a segment that decodes to
+a name starting with "." (`/.env`, `/.git/config`, `/%2egit/`) is 404 and such names
+are left out of listings; only `/.well-known/` right under the root (RFC 8615) is
+served and listed.  Each request costs one `open` and one `fstat` on the opened
+descriptor (plus one `readlink` of the descriptor to check where it really is).
 """
 
 from __future__ import annotations
@@ -57,6 +67,9 @@ __all__ = ["StaticFiles", "mount"]
 
 ALLOWED_METHODS = "GET, HEAD"
 INDEX_NAME = b"index.html"
+# The one dot-directory served without `dotfiles`, right under the root (RFC 8615).
+WELL_KNOWN = b".well-known"
+_WELL_KNOWN_NAME = WELL_KNOWN.decode()
 # Parts of one multipart/byteranges answer at most; beyond it the whole file is sent.
 MAX_RANGE_PARTS = 16
 # Bytes read from the file per piece of a multipart/byteranges body.
@@ -125,6 +138,7 @@ class StaticFiles:
         root: str | os.PathLike,
         *,
         listing: bool = True,
+        dotfiles: bool = False,
         follow_symlinks: bool = False,
         precompressed: bool = False,
     ) -> None:
@@ -135,6 +149,7 @@ class StaticFiles:
             mimetypes.init()  # reads the system's tables now, not on the first request
         self.root = real
         self.listing = listing
+        self.dotfiles = dotfiles
         self.follow_symlinks = follow_symlinks
         self.precompressed = precompressed
         # Real paths under the root start with this (the root itself aside).
@@ -144,6 +159,11 @@ class StaticFiles:
         return f"<StaticFiles {os.fsdecode(self.root)!r}>"
 
     def __call__(self, request: Request) -> Response:
+        return self.serve_path(request, request.path)
+
+    def on_head(self, request: Request) -> Response:
+        """The answer to a request that carries a body, before the body is read: the same
+        as `__call__`, since no static answer depends on it (the body is then dropped)."""
         return self.serve_path(request, request.path)
 
     # -- one request ------------------------------------------------------------
@@ -159,6 +179,8 @@ class StaticFiles:
         if split is None:
             return _not_found()
         segments, trailing_slash = split
+        if not self.dotfiles and _hidden(segments):
+            return _not_found()
         fs_path = b"/".join((self.root.rstrip(b"/"), *segments)) if segments else self.root
         try:
             fd = os.open(fs_path, _OPEN_FLAGS)
@@ -317,6 +339,9 @@ class StaticFiles:
                 name = entry.name
                 if "\\" in name:
                     continue  # would be refused if asked for: do not offer it
+                hidden = name[0] == "." and (below_root or name != _WELL_KNOWN_NAME)
+                if hidden and not self.dotfiles:
+                    continue  # 404 if asked for: do not offer it
                 try:
                     if entry.is_symlink() and not self.follow_symlinks:
                         target = os.path.realpath(os.path.join(fs_path, os.fsencode(name)))
@@ -439,7 +464,9 @@ def mount(app, mounts: list[tuple[str, StaticFiles]]):
     StaticFiles with the prefix stripped; everything else goes to `app`.
 
     The longest matching prefix wins.  The bare prefix ("/assets") is redirected to
-    "/assets/".  Matching is on the raw (percent-encoded) path.
+    "/assets/".  Matching is on the raw (percent-encoded) path.  Its `on_head(request)`
+    answers a request under a prefix from its head, and leaves any other to `app.on_head`
+    if `app` has one (else None: read the body and call the app).
     """
     table = []
     for prefix, static in mounts:
@@ -450,8 +477,10 @@ def mount(app, mounts: list[tuple[str, StaticFiles]]):
         prefix = quote(prefix.rstrip("/"), safe="/%")
         table.append((prefix, static))
     table.sort(key=lambda item: len(item[0]), reverse=True)
+    app_on_head = getattr(app, "on_head", None)
 
-    def mounted(request: Request) -> Response:
+    def static_answer(request: Request) -> Response | None:
+        """The answer of the mount `request.path` falls under; None if it is the app's."""
         path = request.path
         for prefix, static in table:
             if not prefix:  # mounted at "/": everything is static
@@ -464,9 +493,20 @@ def mount(app, mounts: list[tuple[str, StaticFiles]]):
                     if request.method != "GET" and request.method != "HEAD":
                         return _plain(405, b"method not allowed\n", ("Allow", ALLOWED_METHODS))
                     return _add_slash(path, request.query)
-        return app(request)
+        return None
+
+    def mounted(request: Request) -> Response:
+        answer = static_answer(request)
+        return app(request) if answer is None else answer
+
+    def on_head(request: Request) -> Response | None:
+        answer = static_answer(request)
+        if answer is None and app_on_head is not None:
+            return app_on_head(request)
+        return answer
 
     mounted.mounts = table
+    mounted.on_head = on_head
     mounted.selserve_native = True
     return mounted
 
@@ -502,6 +542,15 @@ def _split_path(path: str) -> tuple[list[bytes], bool] | None:
             return None
         segments.append(name)
     return segments, trailing_slash
+
+
+def _hidden(segments: list[bytes]) -> bool:
+    """Whether decoded path segments name a dot-file or pass through a dot-directory
+    (`.well-known` as the first segment aside)."""
+    for index, name in enumerate(segments):
+        if name[:1] == b"." and (index or name != WELL_KNOWN):
+            return True
+    return False
 
 
 def _add_slash(path: str, query: str) -> Response:
@@ -579,7 +628,7 @@ def _content_type(name: bytes) -> str:
 
 
 def _etag(st: os.stat_result, coding: str | None, strong: bool) -> str:
-    tag = f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+    tag = f"{st.st_size:x}-{st.st_mtime_ns:x}"
     if coding is not None:
         tag += "-" + coding
     return f'"{tag}"' if strong else f'W/"{tag}"'

@@ -84,12 +84,88 @@ def test_bad_app_path_exits_2_with_one_line(app):
     assert_one_line_usage_error(result)
 
 
+def write_app_package(directory, models: str) -> None:
+    """A Django-like package `shop`: shop/wsgi.py imports shop/models.py (`models`)."""
+    package = directory / "shop"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(models)
+    (package / "wsgi.py").write_text(
+        "from shop import models  # noqa: F401\n\n\n"
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'hi']\n\n\n"
+        "def create_app():\n"
+        "    raise RuntimeError('no DATABASE_URL in the environment')\n"
+    )
+
+
+TYPO_MODELS = (
+    "class Field:\n"
+    "    def __init__(self, max_length=None):\n"
+    "        self.max_length = max_length\n\n\n"
+    "class Product:\n"
+    "    name = Field(max_lenght=200)\n"
+)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "models, spec, where",
+    [
+        pytest.param(TYPO_MODELS, "shop.wsgi:application", 'models.py", line 7', id="typo"),
+        pytest.param("import no_such_dependency_xyz\n", "shop.wsgi:application",
+                     'models.py", line 1', id="missing-dependency"),
+        pytest.param("", "shop.wsgi:create_app()", 'wsgi.py", line 10', id="factory"),
+    ],
+)  # fmt: skip
+def test_an_error_in_the_apps_own_code_shows_its_traceback_and_exits_2(
+    tmp_path, models, spec, where
+):
+    write_app_package(tmp_path, models)
+    result = run_cli("--chdir", str(tmp_path), spec, "--bind", f"127.0.0.1:{free_port()}")
+    shown = f"exit {result.returncode}\nstderr: {result.stderr}"
+    assert result.returncode == 2, shown
+    assert "Traceback (most recent call last)" in result.stderr, shown
+    assert where in result.stderr, shown  # down to the app's own line
+    assert "<frozen importlib" not in result.stderr and "selserve/cli.py" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("selserve: "), shown
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("spec", ["shop.nowsgi:application", "shopx.wsgi:application"])
+def test_a_module_missing_from_the_command_line_stays_one_line(tmp_path, spec):
+    write_app_package(tmp_path, "")
+    result = run_cli("--chdir", str(tmp_path), spec, "--bind", f"127.0.0.1:{free_port()}")
+    assert "No module named" in assert_one_line_usage_error(result)
+
+
+@pytest.mark.timeout(30)
+def test_an_access_log_that_cannot_be_opened_exits_2_with_one_line(tmp_path):
+    missing = tmp_path / "no" / "such" / "access.log"
+    result = run_cli("selserve.demo:app", "--access-log", str(missing), "--bind", "127.0.0.1:0")
+    assert "--access-log" in assert_one_line_usage_error(result)
+
+
+@pytest.mark.timeout(30)
+def test_unknown_static_mount_option_exits_2_naming_the_one_there_is():
+    result = run_cli("selserve.demo:app", "--static", "/media=./media:lsting")
+    line = assert_one_line_usage_error(result)
+    assert "'lsting'" in line and "':listing'" in line, line
+
+
 @pytest.mark.timeout(30)
 def test_help_exits_0_and_documents_flags():
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
     for flag in ("--backend", "--bind", "--max-connections", "--keepalive-timeout", "--log-level"):
         assert flag in result.stdout, f"{flag} missing from --help:\n{result.stdout}"
+
+
+@pytest.mark.timeout(30)
+def test_help_documents_dotfiles_and_the_static_listing_suffix():
+    result = run_cli("--help")
+    assert "--dotfiles" in result.stdout and "PREFIX=DIR[:listing]" in result.stdout
 
 
 def ipv6_loopback_usable() -> bool:

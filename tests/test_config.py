@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from selserve.config import Config, markdown_table
+from selserve.config import Config, markdown_table, settings
 
 
 def test_readme_settings_table_is_current():
@@ -21,6 +21,9 @@ def test_readme_settings_table_is_current():
         ({"low_water": 10, "high_water": 5}, "--low-water must not exceed --high-water"),
         ({"log_level": "loud"}, "--log-level must be one of"),
         ({"static": ["assets"]}, "--static 'assets' must be PREFIX=DIR"),
+        ({"static": ["/m=./m:lsting"]}, "unknown option 'lsting' after ':'"),
+        ({"static": ["/m=./m:"]}, "unknown option '' after ':'"),
+        ({"static": ["/m=:listing"]}, "--static '/m=:listing' must be PREFIX=DIR"),
         ({"server_header": "x\r\ny"}, "--server-header must not contain"),
         ({"root_path": "app/"}, "--root-path must start with /"),
     ],
@@ -30,6 +33,25 @@ def test_bad_settings_are_refused_with_the_fix(settings, message):
         Config(**settings)
 
 
-def test_static_mounts_are_normalised():
+def test_static_mounts_are_normalised_and_do_not_list_by_default():
     config = Config(static=["/assets/=./public", "/=./root"])
-    assert config.static_mounts == [("/assets", "./public"), ("/", "./root")]
+    assert config.static_mounts == [("/assets", "./public", False), ("/", "./root", False)]
+
+
+def test_static_mount_listing_suffix_turns_listing_on():
+    config = Config(static=["/media=./media:listing"])
+    assert config.static_mounts == [("/media", "./media", True)]
+
+
+@pytest.mark.parametrize("directory", ["./a:b/", "/srv/a:b/c", "C:\\files", "./v1:2"])
+def test_static_directory_with_a_colon_that_is_no_option_is_kept_whole(directory):
+    assert Config(static=[f"/x={directory}"]).static_mounts == [("/x", directory, False)]
+
+
+def test_dotfiles_are_off_by_default():
+    assert Config().dotfiles is False
+
+
+def test_no_listing_help_names_root_and_static_mounts():
+    help_text = next(f for f in settings() if f.name == "no_listing").metadata["help"]
+    assert "--root" in help_text and "PREFIX=DIR:listing" in help_text

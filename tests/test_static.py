@@ -1,5 +1,6 @@
 """Static files (`selserve/static.py`): unit tests calling `StaticFiles(...)(request)`
-directly, then integration tests against a real server in a subprocess, once per backend.
+directly, then integration tests against a real server in a subprocess, once per backend,
+and the command line's static settings (`--dotfiles`, `--static PREFIX=DIR:listing`).
 
 The unit tests build `selserve.app.Request` objects from a small fake head and read the
 answer back (bytes, a `FileBody` read with `pread`, or a streamed body), closing what the
@@ -24,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from conftest import RawClient, get_request
+from conftest import RawClient, ServerProcess, get_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from static_fixtures.listing_page import ListingPage
@@ -148,7 +149,7 @@ def test_file_answer_carries_type_length_dates_validator_and_ranges(static):
     assert answer.header("Content-Type") == "text/plain; charset=utf-8"
     assert answer.length == len(HELLO)
     assert answer.header("Last-Modified") == OLD_HTTP
-    assert re.fullmatch(r'"[0-9a-f]+-[0-9a-f]+-[0-9a-f]+"', answer.header("ETag"))
+    assert re.fullmatch(r'"[0-9a-f]+-[0-9a-f]+"', answer.header("ETag"))
     assert answer.header("Accept-Ranges") == "bytes"
     assert answer.header("X-Content-Type-Options") == "nosniff"
 
@@ -226,12 +227,34 @@ def test_rewritten_file_with_same_length_and_later_mtime_gets_a_new_etag(root, s
     assert etag_of(static) != first
 
 
-def test_atomically_replaced_file_with_same_length_and_mtime_gets_a_new_etag(root, static):
+def test_etag_is_size_and_mtime_in_nanoseconds_in_hex(root, static):
+    st = os.stat(root / "hello.txt")
+    assert etag_of(static) == f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+def test_etag_does_not_depend_on_the_inode(root, static):
+    copy = root / "copy.txt"
+    copy.write_bytes(HELLO)
+    age(copy)  # another inode with the same size and mtime: nothing tells them apart
+    assert os.stat(copy).st_ino != os.stat(root / "hello.txt").st_ino
+    assert etag_of(static, "/copy.txt") == etag_of(static, "/hello.txt")
+
+
+def test_replaced_file_with_same_length_and_mtime_to_the_nanosecond_keeps_its_etag(root, static):
     first = etag_of(static)
     fresh = root / "hello.tmp"
     fresh.write_bytes(HELLO.upper())
     age(fresh)
-    os.replace(fresh, root / "hello.txt")  # a new inode, same size, same mtime
+    os.replace(fresh, root / "hello.txt")  # the price of leaving the inode out
+    assert etag_of(static) == first
+
+
+def test_replaced_file_with_same_length_and_another_mtime_gets_a_new_etag(root, static):
+    first = etag_of(static)
+    fresh = root / "hello.tmp"
+    fresh.write_bytes(HELLO.upper())
+    os.utime(fresh, ns=(OLD * 10**9, OLD * 10**9 + 1))  # one nanosecond later
+    os.replace(fresh, root / "hello.txt")
     assert etag_of(static) != first
 
 
@@ -673,6 +696,95 @@ def test_index_html_that_is_a_directory_is_ignored(root, static):
     assert "index.html/" in listing(static, "/sub/").names()
 
 
+# --------------------------------------------------------------------------- dot-files
+
+ENV = b"SECRET_KEY=do-not-serve\n"
+SECURITY_TXT = b"Contact: mailto:security@example.org\n"
+
+
+@pytest.fixture
+def dotted(root) -> Path:
+    """root/ plus what a project folder tends to hold: .env, .git/, and a .well-known/."""
+    (root / ".env").write_bytes(ENV)
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_bytes(b"[core]\n")
+    (root / ".well-known").mkdir()
+    (root / ".well-known" / "security.txt").write_bytes(SECURITY_TXT)
+    (root / ".well-known" / ".secret").write_bytes(b"hidden inside .well-known\n")
+    (root / "sub" / ".hidden").write_bytes(b"hidden\n")
+    (root / "sub" / ".well-known").mkdir()
+    (root / "sub" / ".well-known" / "x.txt").write_bytes(b"not at the root\n")
+    return root
+
+
+HIDDEN_TARGETS = [
+    "/.env",
+    "/%2eenv",
+    "/%2Eenv",
+    "/.git/config",
+    "/%2egit/config",
+    "/.git/",
+    "/.git",
+    "/sub/.hidden",
+    "/sub/%2ehidden",
+    "/sub/.well-known/x.txt",
+    "/.well-known/.secret",
+]
+
+
+@pytest.mark.parametrize("target", HIDDEN_TARGETS)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_dot_paths_are_404_by_default(dotted, static, target, method):
+    answer = fetch(static, target, method)
+    assert answer.status == 404, answer
+    assert ENV not in answer.body
+
+
+def test_well_known_at_the_root_is_served_by_default(dotted, static):
+    answer = fetch(static, "/.well-known/security.txt")
+    assert (answer.status, answer.body) == (200, SECURITY_TXT)
+
+
+def test_well_known_without_its_slash_is_redirected(dotted, static):
+    assert fetch(static, "/.well-known").header("Location") == "./.well-known/"
+
+
+def test_listing_leaves_out_dot_names_but_keeps_well_known(dotted, static):
+    names = listing(static).names()
+    assert ".well-known/" in names
+    assert [name for name in names if name.startswith(".")] == [".well-known/"]
+
+
+def test_listing_of_a_subdirectory_leaves_out_every_dot_name(dotted, static):
+    assert listing(static, "/sub/").names() == ["deeper/", "inner.txt"]
+
+
+def test_listing_of_well_known_leaves_out_its_dot_names(dotted, static):
+    assert listing(static, "/.well-known/").names() == ["security.txt"]
+
+
+@pytest.mark.parametrize("target", [t for t in HIDDEN_TARGETS if not t.startswith("/.git")])
+def test_dotfiles_serves_dot_paths(dotted, target):
+    assert fetch(StaticFiles(dotted, dotfiles=True), target).status == 200
+
+
+def test_dotfiles_serves_the_content(dotted):
+    assert fetch(StaticFiles(dotted, dotfiles=True), "/.env").body == ENV
+
+
+def test_dotfiles_lists_dot_names(dotted):
+    static = StaticFiles(dotted, dotfiles=True)
+    assert {".env", ".git/", ".well-known/"} <= set(listing(static).names())
+    assert {".hidden", ".well-known/"} <= set(listing(static, "/sub/").names())
+
+
+def test_mount_hides_dot_paths_under_its_prefix(dotted, static):
+    app = mount(fallback_app, [("/assets", static)])
+    assert fetch(app, "/assets/.env").status == 404
+    assert fetch(app, "/assets/%2egit/config").status == 404
+    assert fetch(app, "/assets/.well-known/security.txt").body == SECURITY_TXT
+
+
 # --------------------------------------------------------------------------- path safety
 
 TRAVERSALS = [
@@ -941,6 +1053,13 @@ def test_precompressed_variant_has_its_own_etag(assets):
     assert identity != gz
 
 
+def test_precompressed_variant_etag_is_its_own_size_and_mtime_and_coding(assets):
+    static = StaticFiles(assets, precompressed=True)
+    st = os.stat(assets / "app.js.gz")
+    gz = fetch(static, "/app.js", headers=[("Accept-Encoding", "gzip")]).header("ETag")
+    assert gz == f'"{st.st_size:x}-{st.st_mtime_ns:x}-gzip"'
+
+
 def test_precompressed_ranges_apply_to_the_encoded_bytes(assets):
     static = StaticFiles(assets, precompressed=True)
     answer = fetch(static, "/app.js", headers=[("Accept-Encoding", "br"), ("Range", "bytes=0-5")])
@@ -1021,6 +1140,93 @@ def test_mount_does_not_open_a_way_out_of_the_root(static):
 def test_mount_refuses_a_prefix_without_a_leading_slash(static):
     with pytest.raises(ValueError, match="must start with"):
         mount(fallback_app, [("assets", static)])
+
+
+# --------------------------------------------------------------------------- on_head
+
+
+def request_before_its_body(target: str, method: str = "POST", length: int = 5) -> Request:
+    """A request as `on_head` sees it: head parsed, addresses set, body not yet read."""
+    path, _, query = target.partition("?")
+    fields = [("content-length", str(length))]
+    request = Request(
+        method, target, path, query, "HTTP/1.1", fields, True, length, False, False, host="t"
+    )
+    return request.arrived(b"", ("127.0.0.1", 40000), ("127.0.0.1", 8000))
+
+
+def answer_from_head(app, target: str, method: str = "POST") -> Answer | None:
+    response = app.on_head(request_before_its_body(target, method))
+    return None if response is None else read_body(response)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_on_head_answers_other_methods_405_with_allow(static, method):
+    answer = answer_from_head(static, "/hello.txt", method)
+    assert (answer.status, answer.header("Allow")) == (405, "GET, HEAD")
+
+
+def test_on_head_serves_a_get_that_carries_a_body(static):
+    answer = answer_from_head(static, "/hello.txt", "GET")
+    assert (answer.status, answer.body) == (200, HELLO)
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "/hello.txt"),
+        ("HEAD", "/data.bin"),
+        ("GET", "/sub/"),
+        ("GET", "/sub"),
+        ("GET", "/missing"),
+        ("GET", "/../outside/secret.txt"),
+        ("GET", "/.env"),
+        ("POST", "/site/"),
+    ],
+)
+def test_on_head_answers_as_the_app_would(static, method, target):
+    early = answer_from_head(static, target, method)
+    late = read_body(static(request_before_its_body(target, method)))
+    assert (early.status, early.body) == (late.status, late.body)
+
+
+def test_mount_on_head_answers_under_a_prefix(static):
+    app = mount(fallback_app, [("/assets", static)])
+    assert answer_from_head(app, "/assets/hello.txt").status == 405
+    assert answer_from_head(app, "/assets/hello.txt", "GET").body == HELLO
+
+
+def test_mount_on_head_answers_the_bare_prefix(static):
+    app = mount(fallback_app, [("/assets", static)])
+    assert answer_from_head(app, "/assets").status == 405
+    assert answer_from_head(app, "/assets", "GET").status == 301
+
+
+def test_mount_at_the_root_answers_everything_from_the_head(static):
+    app = mount(fallback_app, [("/", static)])
+    assert answer_from_head(app, "/anything").status == 405
+
+
+def test_mount_on_head_leaves_the_app_paths_to_read_their_body(static):
+    app = mount(fallback_app, [("/assets", static)])
+    assert answer_from_head(app, "/upload") is None
+    assert answer_from_head(app, "/assetsX/hello.txt") is None
+
+
+def test_mount_on_head_asks_the_apps_own_on_head(static):
+    def app(request: Request) -> Response:
+        return Response(200, [], b"app read the body")
+
+    def refuse_uploads(request: Request) -> Response | None:
+        if request.path == "/upload":
+            return Response(413, [("Content-Type", "text/plain")], b"too large\n")
+        return None
+
+    app.on_head = refuse_uploads
+    mounted = mount(app, [("/assets", static)])
+    assert answer_from_head(mounted, "/upload").status == 413
+    assert answer_from_head(mounted, "/form") is None
+    assert answer_from_head(mounted, "/assets/hello.txt").status == 405
 
 
 # --------------------------------------------------------------------------- hygiene
@@ -1260,3 +1466,103 @@ def test_live_mount_serves_assets_and_the_app(mounted, big_tree):
     assert (bare.status, bare.header("Location")) == (301, "./assets/")
     escape = mounted.get("/assets/../assets/small.bin")
     assert escape.status == 404
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture(scope="module")
+def project_tree(tmp_path_factory) -> Path:
+    """A served folder as a project checkout looks: dot-files, .well-known, a folder."""
+    root = tmp_path_factory.mktemp("project")
+    (root / ".env").write_bytes(ENV)
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_bytes(b"[core]\n")
+    (root / ".well-known").mkdir()
+    (root / ".well-known" / "security.txt").write_bytes(SECURITY_TXT)
+    (root / "visible.txt").write_bytes(HELLO)
+    (root / "uploads").mkdir()
+    (root / "uploads" / "photo.jpg").write_bytes(b"jpeg\n")
+    age(*root.rglob("*"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cli_root(project_tree):
+    """`selserve --root TREE`: the default job, with default settings."""
+    server = ServerProcess(None, "--root", str(project_tree), app=None).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cli_mounts(project_tree):
+    """The demo app with TREE mounted at `/media`, default settings."""
+    server = ServerProcess(None, "--static", f"/media={project_tree}").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("target", ["/.env", "/%2eenv", "/.git/config", "/.git/"])
+def test_cli_dot_paths_are_404_by_default(cli_root, target):
+    response = cli_root.get(target)
+    assert response.status == 404, cli_root.diag(repr(response))
+
+
+def test_cli_listing_leaves_out_dot_entries(cli_root):
+    response = cli_root.get("/")
+    assert response.status == 200, cli_root.diag(repr(response))
+    names = ListingPage(response.body.decode()).names()
+    assert names == [".well-known/", "uploads/", "visible.txt"]
+
+
+def test_cli_well_known_is_served(cli_root):
+    response = cli_root.get("/.well-known/security.txt")
+    assert (response.status, response.body) == (200, SECURITY_TXT), cli_root.diag()
+
+
+def test_cli_etag_is_made_of_size_and_mtime_only(cli_root, project_tree):
+    st = os.stat(project_tree / "visible.txt")
+    response = cli_root.get("/visible.txt")
+    assert response.header("ETag") == f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+def test_cli_dotfiles_serves_and_lists_them(server_factory, project_tree):
+    server = server_factory(None, "--root", str(project_tree), "--dotfiles", app=None)
+    assert server.get("/.env").body == ENV
+    names = ListingPage(server.get("/").body.decode()).names()
+    assert {".env", ".git/", ".well-known/"} <= set(names)
+
+
+def test_cli_dotfiles_applies_to_static_mounts(server_factory, project_tree):
+    server = server_factory(None, "--static", f"/media={project_tree}", "--dotfiles")
+    assert server.get("/media/.env").body == ENV
+
+
+def test_cli_no_listing_gives_403_under_root(server_factory, project_tree):
+    server = server_factory(None, "--root", str(project_tree), "--no-listing", app=None)
+    assert server.get("/uploads/").status == 403
+
+
+@pytest.mark.parametrize("target", ["/media/", "/media/uploads/"])
+def test_cli_static_mount_directory_without_index_is_403_by_default(cli_mounts, target):
+    response = cli_mounts.get(target)
+    assert response.status == 403, cli_mounts.diag(repr(response))
+    assert b"photo.jpg" not in response.body
+
+
+def test_cli_static_mount_still_serves_files(cli_mounts):
+    assert cli_mounts.get("/media/uploads/photo.jpg").body == b"jpeg\n"
+
+
+def test_cli_static_mount_lists_with_the_listing_suffix(server_factory, project_tree):
+    server = server_factory(None, "--static", f"/pub={project_tree}:listing")
+    response = server.get("/pub/uploads/")
+    assert response.status == 200, server.diag(repr(response))
+    assert ListingPage(response.body.decode()).names() == ["photo.jpg"]
+    assert ".env" not in ListingPage(server.get("/pub/").body.decode()).names()
+
+
+def test_cli_static_mount_hides_dot_paths(cli_mounts):
+    response = cli_mounts.get("/media/.env")
+    assert response.status == 404, cli_mounts.diag(repr(response))
