@@ -102,19 +102,27 @@ class FileBody:
 
 
 class Response:
-    """Status, headers and body of one answer."""
+    """Status, headers and body of one answer.
 
-    __slots__ = ("status", "headers", "body")
+    `status` is a final status, 200-599 (anything else is logged and answered
+    500); `reason` replaces its standard reason phrase.  `body` is bytes, a
+    `FileBody`, an iterable of bytes, or None: no content, and for HEAD no
+    length announced either (for an answer whose length only a GET would tell).
+    """
+
+    __slots__ = ("status", "headers", "body", "reason")
 
     def __init__(
         self,
         status: int = 200,
         headers: list[tuple[str, str]] | None = None,
-        body: bytes | FileBody | Iterable[bytes] = b"",
+        body: bytes | FileBody | Iterable[bytes] | None = b"",
+        reason: str | None = None,
     ) -> None:
         self.status = status
         self.headers = headers if headers is not None else []
         self.body = body
+        self.reason = reason
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"

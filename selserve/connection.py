@@ -329,6 +329,9 @@ class Connection:
         body = response.body
         if type(body) is bytes or isinstance(body, (bytearray, memoryview)):
             length = len(body)
+        elif body is None:  # no content: for HEAD, of a length only GET would tell
+            length = wire.UNANNOUNCED if head.method == "HEAD" else 0
+            body = b""
         elif isinstance(body, native.FileBody):
             length = body.count
             self.closeable = body
@@ -350,6 +353,7 @@ class Connection:
                 fixed=server.fixed,
                 date=server.date,
                 body=body if length and self.closeable is None else b"",
+                reason=response.reason,
             )
         except (wire.InvalidHeader, TypeError, ValueError) as exc:
             log.error("invalid response from the application for %s: %s", head.target, exc)

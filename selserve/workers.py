@@ -124,13 +124,15 @@ class WorkerPool:
             log.exception("application error on %s %s", request.method, request.target)
             response = None
         body = getattr(response, "body", None)
-        if not isinstance(response, Response) or isinstance(
-            body, (bytes, bytearray, memoryview, FileBody)
+        if (
+            not isinstance(response, Response)
+            or body is None
+            or isinstance(body, (bytes, bytearray, memoryview, FileBody))
         ):
             self._loop.call_soon_threadsafe(connection.app_returned, response)
             return
         threaded = ThreadedBody(body, self._loop, connection.resume, self._body_limit)
-        streamed = Response(response.status, response.headers, threaded)
+        streamed = Response(response.status, response.headers, threaded, response.reason)
         self._loop.call_soon_threadsafe(connection.app_returned, streamed)
         threaded.run()
 

@@ -27,9 +27,11 @@ import stat
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
 from .app import FileBody, Request, Response
+from .http.response import FIELD_NAME, INVALID_FIELD_VALUE
 
 __all__ = ["ErrorStream", "FileWrapper", "WSGIAdapter"]
 
@@ -39,12 +41,7 @@ errors_log = logging.getLogger("selserve.wsgi")
 # status = 3DIGIT SP reason-phrase; reason-phrase = *( HTAB / SP / VCHAR / obs-text )
 # (PEP 3333 "Status-Code and Reason-Phrase separated by a single space";
 # RFC 9112 §4).  Only final statuses: WSGI has no way to send an interim 1xx.
-_STATUS = re.compile(r"([0-9]{3}) [\t\x20-\x7e\x80-\xff]*\Z")
-# field-name = token (RFC 9110 §5.1, §5.6.2)
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-# CR, LF and NUL are never valid in a field value (RFC 9110 §5.5); PEP 3333
-# header strings are latin-1, so anything above U+00FF cannot be written either.
-_BAD_VALUE = re.compile(r"[\r\n\x00\u0100-\U0010ffff]")
+_STATUS = re.compile(r"([0-9]{3}) ([\t\x20-\x7e\x80-\xff]*)\Z")
 # PEP 3333 forbids applications to use hop-by-hop headers (RFC 2616 §13.5.1,
 # RFC 9110 §7.6.1): the server owns the connection and the framing.
 _HOP_BY_HOP = frozenset(
@@ -140,7 +137,7 @@ class WSGIAdapter:
 
     def __call__(self, request: Request) -> Response:
         environ = self.environ(request)
-        exchange = _Exchange()
+        exchange = _Exchange(request.method)
         try:
             result = self.app(environ, exchange.start_response)
         except Exception:
@@ -154,7 +151,9 @@ class WSGIAdapter:
                 and exchange.status is not None
                 and (length is None or length == len(body))
             ):
-                return Response(exchange.status, exchange.headers, body)
+                if not body and request.method == "HEAD":
+                    body = None  # no length to announce: see _known_response
+                return Response(exchange.status, exchange.headers, body, exchange.reason)
         try:
             return self._response(exchange, result)
         except BaseException as exc:
@@ -188,7 +187,7 @@ class WSGIAdapter:
         if result_type is FileWrapper and exchange.status is not None and exchange.written is None:
             body = _file_body(result, exchange.content_length)
             if body is not None:
-                return Response(exchange.status, exchange.headers, body)
+                return Response(exchange.status, exchange.headers, body, exchange.reason)
         if result_type is list or result_type is tuple:
             # Every piece is known already (the usual `return [body]`).
             if exchange.status is None:
@@ -224,7 +223,9 @@ class WSGIAdapter:
         if first is not _END:
             pending.append(first)
         exchange.result_closed = True  # from here on the body object owns it
-        return Response(exchange.status, exchange.headers, _Body(pending, iterator, result))
+        return Response(
+            exchange.status, exchange.headers, _Body(pending, iterator, result), exchange.reason
+        )
 
     def _failed(self, request: Request, what: str) -> Response:
         """Log the exception being handled and answer 500."""
@@ -331,10 +332,21 @@ class _NoStartResponse(Exception):
 class _Exchange:
     """What the application has said so far about one response."""
 
-    __slots__ = ("status", "headers", "content_length", "headers_sent", "written", "result_closed")
+    __slots__ = (
+        "method",
+        "status",
+        "reason",
+        "headers",
+        "content_length",
+        "headers_sent",
+        "written",
+        "result_closed",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, method: str) -> None:
+        self.method = method  # of the request
         self.status: int | None = None
+        self.reason: str | None = None  # the app's own reason phrase, if not the standard one
         self.headers: tuple[tuple[str, str], ...] = ()
         self.content_length: int | None = None
         self.headers_sent = False
@@ -351,11 +363,11 @@ class _Exchange:
                 exc_info = None  # no reference cycle through the traceback
         elif self.status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
-        code = _STATUS_CODES.get(status) if type(status) is str else None
-        if code is None:
-            code = _parse_status(status)
+        parsed = _STATUS_CODES.get(status) if type(status) is str else None
+        if parsed is None:
+            parsed = _parse_status(status)
         self.headers, self.content_length = _check_headers(headers)
-        self.status = code
+        self.status, self.reason = parsed
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -541,10 +553,11 @@ def script_name(root_path: str) -> str:
     return unquote_to_bytes(root).decode("latin-1")
 
 
-def _parse_status(status: str) -> int:
-    code = _STATUS_CODES.get(status) if type(status) is str else None
-    if code is not None:
-        return code
+def _parse_status(status: str) -> tuple[int, str | None]:
+    """(code, reason) of a WSGI status line; reason is None when it is the standard one."""
+    parsed = _STATUS_CODES.get(status) if type(status) is str else None
+    if parsed is not None:
+        return parsed
     if not isinstance(status, str):
         raise TypeError(f"status must be a str like '200 OK', not {type(status).__name__}")
     match = _STATUS.match(status)
@@ -555,12 +568,17 @@ def _parse_status(status: str) -> int:
     code = int(match[1])
     if not 200 <= code <= 599:
         raise ValueError(f"invalid status {status!r}: a WSGI status is from 200 to 599")
+    reason: str | None = match[2]
+    if reason == _STANDARD_REASONS.get(code):
+        reason = None  # the pre-encoded status line serves it
+    parsed = (code, reason)
     if len(_STATUS_CODES) < _CACHE_MAX:
-        _STATUS_CODES[status] = code
-    return code
+        _STATUS_CODES[status] = parsed
+    return parsed
 
 
-_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES: dict[str, tuple[int, str | None]] = {}
+_STANDARD_REASONS = {int(s): s.phrase for s in HTTPStatus}
 
 
 # Header lists already checked, by their (name, value) tuples: most applications
@@ -601,10 +619,8 @@ def _check_headers_fully(headers) -> tuple[list[tuple[str, str]], int | None]:
         lower = _HEADER_NAMES.get(name) if type(name) is str else None
         if lower is None:
             lower = _check_name(name)
-        if _BAD_VALUE.search(value):
-            raise ValueError(
-                f"header {name!r} has CR, LF, NUL or a non-latin-1 character in its value"
-            )
+        if INVALID_FIELD_VALUE.search(value):
+            raise ValueError(f"header {name!r} has a control or non-latin-1 character in its value")
         if lower == "content-length":
             declared = value.strip()
             if not declared.isdigit() or not declared.isascii():
@@ -619,7 +635,7 @@ def _check_headers_fully(headers) -> tuple[list[tuple[str, str]], int | None]:
 def _check_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"a header name must be str, not {type(name).__name__}")
-    if not _TOKEN.match(name):
+    if not FIELD_NAME.match(name):
         raise ValueError(f"invalid header name {name!r}")
     lower = name.lower()
     if lower in _HOP_BY_HOP:
@@ -665,12 +681,21 @@ def _known_response(exchange: _Exchange, pieces: list[bytes]) -> Response:
     """A Response for a body known in full."""
     body = b"".join(pieces)
     length = exchange.content_length
+    if not body and exchange.method == "HEAD":
+        # Apps (werkzeug, httpbin) answer HEAD with no content and often no
+        # length: the length of their GET answer is unknown here, so none is
+        # announced (RFC 9110 §8.6 forbids a Content-Length that differs from
+        # GET's); a Content-Length the app gave is kept.
+        return Response(exchange.status, exchange.headers, None, exchange.reason)
     if length is None or length == len(body):
-        return Response(exchange.status, exchange.headers, body)
+        return Response(exchange.status, exchange.headers, body, exchange.reason)
     # The application's Content-Length disagrees with its body (or answers a
     # HEAD): streamed, the connection keeps the header and enforces it.
     return Response(
-        exchange.status, exchange.headers, _Body(collections.deque(pieces), _EMPTY, None)
+        exchange.status,
+        exchange.headers,
+        _Body(collections.deque(pieces), _EMPTY, None),
+        exchange.reason,
     )
 
 

@@ -92,11 +92,61 @@ def test_app_transfer_encoding_is_not_copied():
     assert b"Transfer-Encoding: gzip" not in lines(framing)
 
 
-@pytest.mark.parametrize("status", [204, 304, 101])
+@pytest.mark.parametrize("status", [204, 304])
 def test_no_body_statuses(status):
     framing = head(status, length=0)
     assert not framing.has_body
     assert not framing.chunked
+
+
+@pytest.mark.parametrize("status", [100, 101, 103, 199, 600, 999, 0, -200, "200"])
+def test_an_app_status_outside_200_to_599_is_refused(status):
+    # An interim 1xx as the final answer would make the client read the next
+    # pipelined answer as this one's.
+    with pytest.raises(wire.InvalidHeader):
+        head(status, length=0)
+
+
+def test_an_apps_reason_phrase_replaces_the_standard_one():
+    framing = framed(
+        404,
+        [],
+        method="GET",
+        http11=True,
+        keep_alive=True,
+        body_length=0,
+        fixed=FIXED,
+        reason="Nope",
+    )
+    assert lines(framing)[0] == b"HTTP/1.1 404 Nope"
+
+
+@pytest.mark.parametrize("reason", ["a\r\nX-Evil: 1", "a\x1b[31m", "a\x7f", "a\0", "caf\u20ac"])
+def test_a_reason_phrase_with_a_control_character_is_refused(reason):
+    with pytest.raises(wire.InvalidHeader):
+        framed(
+            200,
+            [],
+            method="GET",
+            http11=True,
+            keep_alive=True,
+            body_length=0,
+            fixed=FIXED,
+            reason=reason,
+        )
+
+
+def test_a_head_answer_of_unannounced_length_has_no_framing():
+    framing = head(method="HEAD", length=wire.UNANNOUNCED)
+    assert not any(
+        line.startswith((b"Content-Length", b"Transfer-Encoding")) for line in lines(framing)
+    )
+    assert not framing.has_body and framing.keep_alive
+
+
+def test_a_head_answer_of_unannounced_length_keeps_the_apps_content_length():
+    framing = head(method="HEAD", headers=[("Content-Length", "77")], length=wire.UNANNOUNCED)
+    assert b"Content-Length: 77" in lines(framing)
 
 
 def test_204_never_has_content_length():
@@ -109,8 +159,11 @@ def test_head_keeps_content_length_and_has_no_body():
     assert not framing.has_body
 
 
-@pytest.mark.parametrize("value", ["a\r\nSet-Cookie: x=1", "a\nb", "a\rb", "a\0b"])
-def test_header_values_with_cr_lf_nul_are_refused(value):
+@pytest.mark.parametrize(
+    "value",
+    ["a\r\nSet-Cookie: x=1", "a\nb", "a\rb", "a\0b", "a\x1b[2Jb", "a\x7fb", "a\x08b", "\u0100"],
+)
+def test_header_values_with_control_characters_are_refused(value):
     with pytest.raises(wire.InvalidHeader):
         head(headers=[("X-Test", value)])
 
@@ -209,3 +262,8 @@ def test_a_body_known_in_full_follows_its_head_only_when_the_response_has_one(st
     assert framing.has_body is sent
     head_end = framing.data.index(b"\r\n\r\n") + 4
     assert framing.data[head_end:] == (b"abcd" if sent else b"")
+
+
+@pytest.mark.parametrize("value", ["a\tb", " padded ", "caf\xe9", ""])
+def test_header_values_with_htab_space_and_obs_text_are_written(value):
+    assert ("X-Test: " + value).encode("latin-1") in lines(head(headers=[("X-Test", value)]))

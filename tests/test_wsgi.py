@@ -75,6 +75,8 @@ def make_request(
 def drain(response: Response) -> bytes:
     """What the connection would send of `response`'s body, closing it once as it does."""
     body = response.body
+    if body is None:  # no content, no length announced (a HEAD answer)
+        return b""
     if isinstance(body, bytes):
         return body
     try:
@@ -509,6 +511,28 @@ def test_start_response_may_wait_for_the_first_iteration():
 def test_reason_phrase_may_be_empty_or_latin1():
     assert respond(simple_app("299 "))[0].status == 299
     assert respond(simple_app("200 \xc7a va"))[0].status == 200
+
+
+def test_a_standard_reason_phrase_is_left_to_the_server():
+    assert respond(simple_app("404 Not Found"))[0].reason is None
+
+
+@pytest.mark.parametrize("status, reason", [("404 Nope", "Nope"), ("200 \xc7a va", "\xc7a va")])
+def test_the_apps_own_reason_phrase_goes_with_the_response(status, reason):
+    assert respond(simple_app(status))[0].reason == reason
+
+
+@pytest.mark.parametrize("body", [[], [b""], iter(())])
+def test_an_empty_head_answer_without_content_length_announces_no_length(body):
+    headers = [("Content-Type", "text/plain")]
+    response, sent = respond(simple_app(headers=headers, body=body), make_request("/", "HEAD"))
+    assert response.body is None and sent == b""
+
+
+def test_a_head_answer_with_content_gets_its_length():
+    # Django answers HEAD with GET's whole body: its length is GET's.
+    response, _ = respond(simple_app(body=[b"hello"]), make_request("/", "HEAD"))
+    assert response.body == b"hello"
 
 
 @pytest.mark.parametrize(
@@ -1318,6 +1342,27 @@ def test_head_request_gets_the_head_only(router_server):
         client.send(get_request("/hello"))
         after = client.read_response()
     assert after.body == b"Hello, WSGI!\n"
+
+
+@pytest.mark.timeout(30)
+def test_head_of_a_streamed_answer_announces_no_length_its_get_lacks(router_server):
+    # An app that answers HEAD with an empty iterable (werkzeug, httpbin) and GET with
+    # a generator once got "Content-Length: 0" for HEAD: a length GET never had.
+    with router_server.connect() as client:
+        client.send(b"HEAD /head-aware-stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = client.read_response("HEAD")
+        client.send(get_request("/head-aware-stream"))
+        get = client.read_response()
+    assert (head.status, get.status) == (200, 200), router_server.diag(repr(head))
+    assert get.header("Transfer-Encoding") == "chunked" and get.header("Content-Length") is None
+    assert head.header("Content-Length") is None, repr(head)
+    assert get.body == b"piece 0\npiece 1\npiece 2\n"
+
+
+@pytest.mark.timeout(30)
+def test_the_apps_own_reason_phrase_is_kept(router_server):
+    response = router_server.get("/own-reason")
+    assert (response.status, response.reason) == (404, "Nope"), router_server.diag(repr(response))
 
 
 @pytest.mark.timeout(30)

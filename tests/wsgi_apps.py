@@ -212,7 +212,22 @@ def sleep_app(environ, start_response):
     return [b"slept\n"]
 
 
+def head_aware_stream(environ, start_response):
+    """As werkzeug and httpbin answer: nothing for HEAD, a generator for GET, no length."""
+    start_response("200 OK", TEXT)
+    if environ["REQUEST_METHOD"] == "HEAD":
+        return iter(())
+    return (b"piece %d\n" % i for i in range(3))
+
+
+def own_reason(environ, start_response):
+    start_response("404 Nope", TEXT)
+    return [b"nope\n"]
+
+
 ROUTES = {
+    "/head-aware-stream": head_aware_stream,
+    "/own-reason": own_reason,
     "/hello": hello,
     "/env": environ_json,
     "/echo": echo_input,

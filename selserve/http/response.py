@@ -1,10 +1,13 @@
 """Serialising responses: status lines, heads, chunked framing, error answers.
 
 Pure functions of their arguments: the caller supplies the `Date` line (it owns
-the clock) and decides keep-alive.  Header names and values from applications
-are checked here; one containing CR, LF or NUL is refused with
-`InvalidHeader`, never written (RFC 9110 §5.5: a field value cannot carry them,
-and writing one would let an app split the response).
+the clock) and decides keep-alive.  Statuses, reason phrases, header names and
+values from applications are checked here against RFC 9110, the one rule for
+native and WSGI applications alike: a final status is 200-599 (an interim 1xx
+as a final answer would desynchronise the client), a name is a token, and a
+value holds no control character but HTAB.  Anything else raises
+`InvalidHeader` and is never written (a CR or LF would let an app split the
+response; any other control byte can confuse a proxy or a terminal).
 """
 
 from __future__ import annotations
@@ -13,25 +16,39 @@ import re
 from email.utils import formatdate
 from http import HTTPStatus
 
+from .abnf import TOKEN
+
 # field-name = token (RFC 9110 §5.1, §5.6.2)
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-# field-value characters we refuse to write: CR, LF and NUL (RFC 9110 §5.5).
-_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\0]")
+FIELD_NAME = re.compile(TOKEN + r"\Z")
+# field-value  = *field-content                               ; RFC 9110 §5.5
+# field-vchar  = VCHAR / obs-text ; with SP and HTAB between them
+# A value with any other character (CTLs such as CR, LF, NUL, ESC, DEL, or
+# anything beyond latin-1) is refused.  Leading and trailing whitespace is
+# allowed: harmless, and apps send it.
+INVALID_FIELD_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+# reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )           ; RFC 9112 §4
+INVALID_REASON = INVALID_FIELD_VALUE
 
 # Headers the server computes itself; an app's own are read or dropped, not copied.
 _SERVER_OWNED = frozenset(("content-length", "transfer-encoding", "connection", "date"))
 
+# `body_length` of a HEAD answer whose length only a GET would tell (the app gave
+# none and produced no content): the head announces no framing at all, which
+# RFC 9110 §9.3.2 allows for what is determined only while generating content.
+UNANNOUNCED = -1
+
 
 class InvalidHeader(ValueError):
-    """An application header we will not write (bad name, CR/LF/NUL in value)."""
+    """An application status or header we will not write."""
 
 
-def _status_line(status: int, version: bytes = b"HTTP/1.1") -> bytes:
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = "Unknown"
-    return b"%s %d %s\r\n" % (version, status, reason.encode("ascii"))
+def _status_line(status: int, reason: str | None = None, version: bytes = b"HTTP/1.1") -> bytes:
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+    return b"%s %d %s\r\n" % (version, status, reason.encode("latin-1"))
 
 
 # Statuses whose responses never carry content (RFC 9110 §6.4.1).
@@ -39,14 +56,38 @@ _NO_CONTENT = frozenset((*range(100, 200), 204, 304))
 
 # Pre-encoded status lines for every status http.HTTPStatus knows.
 STATUS_LINES: dict[int, bytes] = {int(s): _status_line(int(s)) for s in HTTPStatus}
+# The ones an application may answer with (final statuses, RFC 9110 §15).
+FINAL_STATUS_LINES: dict[int, bytes] = {s: line for s, line in STATUS_LINES.items() if s >= 200}
+# Status lines with an application's own reason phrase, by (status, reason).
+# Bounded; cleared when full.
+_REASON_LINES: dict[tuple[int, str], bytes] = {}
+_REASON_LINES_MAX = 256
 
 
 def status_line(status: int) -> bytes:
+    """The status line for any three-digit status (interim ones included)."""
     line = STATUS_LINES.get(status)
     if line is None:
         if not 100 <= status <= 999:
             raise InvalidHeader(f"status {status} is not a three-digit code")
         line = _status_line(status)
+    return line
+
+
+def final_status_line(status: int, reason: str | None = None) -> bytes:
+    """The status line of an application's answer: 200-599, with its own reason if given."""
+    if type(status) is not int or not 200 <= status <= 599:
+        raise InvalidHeader(f"status {status!r} is not a final status (200-599)")
+    if reason is None:
+        return FINAL_STATUS_LINES.get(status) or _status_line(status)
+    line = _REASON_LINES.get((status, reason))
+    if line is None:
+        if not isinstance(reason, str) or INVALID_REASON.search(reason):
+            raise InvalidHeader(f"reason phrase {reason!r} has a control character")
+        line = _status_line(status, reason or "")
+        if len(_REASON_LINES) >= _REASON_LINES_MAX:
+            _REASON_LINES.clear()
+        _REASON_LINES[(status, reason)] = line
     return line
 
 
@@ -66,6 +107,7 @@ def build_head(
     fixed: bytes,
     date: bytes = b"",
     body: bytes = b"",
+    reason: str | None = None,
 ) -> tuple[bytes, int | None, bool, bool, bool]:
     """Serialise a response head and decide its framing.
 
@@ -74,8 +116,11 @@ def build_head(
     close), whether the body must be chunked, whether the connection stays
     open after it, and whether the response carries a body at all.
 
+    `status` must be a final status (200-599; `InvalidHeader` otherwise) and
+    `reason`, if given, replaces its standard reason phrase.
     `body_length` is the body's size when the server knows it (bytes, files),
-    None when it is streamed.  `fixed` holds pre-encoded lines every response
+    None when it is streamed, UNANNOUNCED for a HEAD answer that must not
+    announce any framing.  `fixed` holds pre-encoded lines every response
     carries (Date, Server); `date` is the Date line alone, used instead when
     the app names its own Server.  An app's Date is dropped.  A Content-Length
     from the app wins for streamed bodies; without one, HTTP/1.1 gets chunked
@@ -84,15 +129,17 @@ def build_head(
     `body`, a body known in full, is appended to `data` when the response
     carries one (not for HEAD, 204, 304): head and body leave in one send.
     """
+    line = (reason is None and FINAL_STATUS_LINES.get(status)) or final_status_line(status, reason)
     block, app_length, wants_close, names_server = encode_headers(headers)
     if wants_close:
         keep_alive = False
-    # RFC 9110 §6.4.1: no content for HEAD, 1xx, 204 or 304.
+    # RFC 9110 §6.4.1: no content for HEAD, 204 or 304.
     has_body = method != "HEAD" and status not in _NO_CONTENT
-    content_length = body_length if body_length is not None else app_length
+    streamed = body_length is None
+    content_length = app_length if streamed or body_length < 0 else body_length
     chunked = False
-    if status < 200 or status == 204:
-        content_length = None  # RFC 9110 §8.6: never on 1xx or 204
+    if status == 204:
+        content_length = None  # RFC 9110 §8.6: never on 204
         framing = b""
     elif status == 304:
         # RFC 9110 §8.6: only the length the 200 would have had, which only the app knows.
@@ -106,7 +153,7 @@ def build_head(
     elif has_body:
         keep_alive = False  # HTTP/1.0 without a length: the close ends the body
         framing = b""
-    elif method == "HEAD" and http11:
+    elif method == "HEAD" and http11 and streamed:
         framing = b"Transfer-Encoding: chunked\r\n"  # what GET would have said
     else:
         framing = b""
@@ -117,7 +164,7 @@ def build_head(
         connection = b"Connection: keep-alive\r\n" if keep_alive else b""
     data = b"".join(
         (
-            STATUS_LINES.get(status) or status_line(status),
+            line,
             date if names_server and date else fixed,
             block,
             framing,
@@ -162,10 +209,10 @@ def encode_headers(headers) -> tuple[bytes, int | None, bool, bool]:
             continue
         if lower == "server":
             names_server = True
-        if not _TOKEN.match(name):
+        if not FIELD_NAME.match(name):
             raise InvalidHeader(f"invalid header name {name!r}")
-        if _FORBIDDEN_IN_VALUE.search(value):
-            raise InvalidHeader(f"header {name!r} has CR, LF or NUL in its value")
+        if INVALID_FIELD_VALUE.search(value):
+            raise InvalidHeader(f"header {name!r} has a control character in its value")
         lines.append(f"{name}: {value}\r\n".encode("latin-1"))
     result = (b"".join(lines), app_length, wants_close, names_server)
     if key is not None:
