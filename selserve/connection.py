@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import logging
 import socket
-import tempfile
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from . import app as native
 from .app import Request  # what this connection's parser makes of each request head
 from .backends import READABLE, WRITABLE
+from .body import RequestBody
 from .buffer import WriteBuffer
 from .http import response as wire
 from .http.errors import HTTPError
-from .http.parser import CLOSED, NEED_DATA, PAUSED, Data, EndOfMessage, RequestParser
+from .http.parser import CLOSED, NEED_DATA, Data, EndOfMessage, RequestParser
 from .workers import WAIT
 
 if TYPE_CHECKING:
@@ -83,8 +83,6 @@ class Connection:
         "timeout_reason",
         "head",
         "body",
-        "body_size",
-        "spill",
         "local",
         "head_started",
         "keep_alive",
@@ -114,9 +112,7 @@ class Connection:
         self.out = WriteBuffer(config.high_water, config.low_water)
         self.state = READING
         self.head: Request | None = None
-        self.body: list[bytes] = []  # the request body so far, while it is small
-        self.body_size = 0
-        self.spill = None  # a temporary file holding the body once it grew large
+        self.body: RequestBody | None = None  # made for the first request with a body
         self.head_started = False
         self.keep_alive = True
         self.producer = None  # iterator of a streamed body, while one is being pulled
@@ -212,7 +208,8 @@ class Connection:
             if kind is Request:
                 self.head = event
                 if event.chunked or event.content_length:
-                    self._start_body(event)
+                    if not self._answer_from_head(event):
+                        self._start_body(event)
                     continue
                 parser.next_event()  # its EndOfMessage: without a body, the head is all
                 self._respond()
@@ -223,43 +220,50 @@ class Connection:
             elif event is NEED_DATA:
                 return
             elif kind is Data:
-                self._keep_body(event.data)
+                try:
+                    self.body.append(event.data)
+                except OSError as exc:
+                    self._body_not_stored(exc)
+                    return
                 self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
             elif event is CLOSED:
                 self.close(PEER_CLOSED)
                 return
-            elif event is PAUSED:  # cannot happen while READING; be safe
-                parser.start_next_request()
 
-    def _keep_body(self, data: bytes) -> None:
-        """Hold request body bytes: in memory while small, in a temporary file beyond."""
-        self.body_size += len(data)
-        if self.spill is not None:
-            self.spill.write(data)
-        elif self.body_size > self.server.config.body_spill_threshold:
-            self.spill = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _drop_spill)
-            self.spill.writelines(self.body)
-            self.spill.write(data)
-            self.body = []
-        else:
-            self.body.append(data)
-
-    def _take_body(self) -> bytes | BinaryIO:
-        if self.spill is not None:
-            self.spill.seek(0)
-            return self.spill
-        body = self.body
-        if not body:
-            return b""
-        self.body = []
-        self.body_size = 0
-        return body[0] if len(body) == 1 else b"".join(body)
+    def _answer_from_head(self, head: Request) -> bool:
+        """Let the server or the app answer a request with a body before the body is
+        read (a 405, a static file): then the body is never stored and no 100 Continue
+        goes out.  The connection closes after the answer, dropping the unread body
+        while it lingers.  True if answered."""
+        try:
+            response = self.server.answer_from_head(head.arrived(b"", self.peer, self.local))
+        except Exception:
+            log.exception(
+                "application error answering %s %s from its head", head.method, head.target
+            )
+            response = _app_failed()
+        if response is None:
+            return False
+        self.server.requests += 1
+        head.keep_alive = False  # the body is still on its way: close once answered
+        self.linger = True
+        self._answer(response)
+        return True
 
     def _start_body(self, head: Request) -> None:
+        if self.body is None:
+            server = self.server
+            self.body = RequestBody(server.config.body_spill_threshold, server.open_spill_file)
         self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
         if head.expect_continue:
             # RFC 9110 §10.1.1: the client waits for this before sending the body.
             self._try_send_now(wire.CONTINUE)
+
+    def _body_not_stored(self, exc: OSError) -> None:
+        """The spill file failed (a full disk): refuse the request, keep the server going."""
+        self.body.discard()
+        self.server.body_store_failed(exc)
+        self._refuse(HTTPError(503, "request body could not be stored"))
 
     # -- answering ------------------------------------------------------------
 
@@ -268,10 +272,17 @@ class Connection:
         server = self.server
         server.requests += 1
         if head.path == server.stats_path and head.method in ("GET", "HEAD"):
-            self._take_body()
             self._start_response(server.stats_response())
             return
-        body = self._take_body() if self.body_size or self.spill is not None else b""
+        body = self.body
+        if body is not None and (body.size or body.spilled):
+            try:
+                body = body.take()
+            except OSError as exc:
+                self._body_not_stored(exc)
+                return
+        else:
+            body = b""
         request = head.arrived(body, self.peer, self.local)
         pool = server.pool
         if pool is not None:
@@ -302,7 +313,7 @@ class Connection:
             if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
                 self.closeable = body
                 self._release_body()
-            self._drop_spill()
+            self._discard_request_body()
             return
         self.state = READING  # _answer takes it from here, as for an inline app
         self._answer(response)
@@ -493,8 +504,8 @@ class Connection:
     def _response_complete(self) -> None:
         if self.closeable is not None:
             self._release_body()
-        if self.spill is not None:
-            self._drop_spill()
+        if self.body is not None:
+            self.body.discard()
         server = self.server
         if server.access_log is not None:
             server.access_log.write(
@@ -516,6 +527,8 @@ class Connection:
         else:
             self.head_started = False
             server.idle[self] = now
+            if not server.accepting:
+                server.became_idle()  # a client may be waiting at the cap
             self.timeout_reason = KEEPALIVE_TIMEOUT
             self.timer.reschedule(now + server.keepalive_timeout)
 
@@ -573,30 +586,41 @@ class Connection:
         self.close(DONE)
 
     def close(self, reason: str, exc: BaseException | None = None) -> None:
-        """The one way out: unwatch, close, cancel the timer, release the body, free the slot."""
+        """The one way out: unwatch, close, cancel the timer, release the bodies, free the slot.
+
+        Idempotent, and the slot is freed whatever fails on the way (a log that
+        cannot be written, an app's close() that raises): a connection that
+        never gives its slot back would, at the cap, stop the whole server.
+        """
         if self.state is CLOSED_STATE:
             return
         self.state = CLOSED_STATE
-        if self.loop.is_watching(self.fd):
-            self.loop.unwatch(self.fd)
         try:
-            self.sock.close()
-        except OSError:
-            pass
-        self.timer.cancel()
-        self.producer = None
-        self._release_body()
-        if not self.in_app:  # else the worker may still read it: app_returned drops it
-            self._drop_spill()
-        access_log = self.server.access_log
-        if access_log is not None and self.status and self.head is not None:
-            # An answer cut short (client gone, timeout, app failure): log what was sent.
-            sent = self.out.bytes_sent - self.response_mark
-            access_log.write(self.peer, self.head, self.status, max(sent, 0))
-        self.out.clear()
-        if self.server.debug and reason not in (DONE, PEER_CLOSED):
-            log.debug("connection %r closed: %s%s", self.peer, reason, f" ({exc})" if exc else "")
-        self.server.connection_closed(self, reason)
+            try:
+                if self.loop.is_watching(self.fd):
+                    self.loop.unwatch(self.fd)
+            finally:
+                try:
+                    self.sock.close()
+                except OSError:
+                    pass
+                self.timer.cancel()
+            self.producer = None
+            self._release_body()
+            if not self.in_app:  # else the worker may still read it: app_returned drops it
+                self._discard_request_body()
+            access_log = self.server.access_log
+            if access_log is not None and self.status and self.head is not None:
+                # An answer cut short (client gone, timeout, app failure): log what was sent.
+                sent = self.out.bytes_sent - self.response_mark
+                access_log.write(self.peer, self.head, self.status, max(sent, 0))
+            if self.server.debug and reason not in (DONE, PEER_CLOSED):
+                log.debug(
+                    "connection %r closed: %s%s", self.peer, reason, f" ({exc})" if exc else ""
+                )
+        finally:
+            self.out.clear()
+            self.server.connection_closed(self, reason)
 
     def _release_body(self) -> None:
         """Call close() on the response body, once, as PEP 3333 and FileBody require."""
@@ -611,11 +635,9 @@ class Connection:
             except Exception:
                 log.exception("error closing the response body of %r", self)
 
-    def _drop_spill(self) -> None:
-        self.body_size = 0
-        if self.spill is not None:
-            self.spill.close()
-            self.spill = None
+    def _discard_request_body(self) -> None:
+        if self.body is not None:
+            self.body.discard()
 
     # -- helpers --------------------------------------------------------------
 

@@ -3,10 +3,13 @@
 The server owns the loop, the listening sockets and the set of live
 connections.  It accepts until the kernel says `BlockingIOError` (at most
 `ACCEPT_BATCH` per turn so one busy listener cannot starve the rest), skips
-`ECONNABORTED`, pauses accepting briefly on `EMFILE`/`ENFILE`, and at the
-connection cap stops watching its listeners until a connection closes; a
-readiness event is never dropped on the floor.  It never blocks and never
-lets one connection's failure reach another.
+errors about one client (`ECONNABORTED`, network errors accept(2) passes on),
+pauses accepting briefly on `EMFILE`/`ENFILE` or any other failure of the
+listener, and at the connection cap stops watching its listeners until a
+connection closes or goes idle long enough to be reclaimed; a readiness event
+is never dropped on the floor.  It never blocks and never lets one
+connection's failure, nor one of its own (a log it cannot write, a disk it
+cannot fill), reach another connection.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import resource
 import signal
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,9 +33,10 @@ from .accesslog import AccessLog, clf_time
 from .app import Response, is_native
 from .backends import READABLE
 from .config import Config
-from .connection import RECLAIMED, SHUTDOWN, Connection
+from .connection import INTERNAL_ERROR, RECLAIMED, SHUTDOWN, Connection
 from .http import response as wire
 from .loop import EventLoop
+from .notices import ThrottledWarning
 from .workers import WorkerPool
 
 log = logging.getLogger("selserve")
@@ -44,8 +49,28 @@ ACCEPT_BATCH = 64
 RECLAIM_MIN_IDLE = 0.5
 # How long accepting pauses when the process is out of file descriptors.
 FD_EXHAUSTED_PAUSE = 0.25
-# At most one "out of file descriptors" warning per this many seconds.
-FD_EXHAUSTED_LOG_INTERVAL = 10.0
+# At most one warning per this many seconds for a failure that repeats per
+# connection or per request (out of descriptors, a full disk).
+RESOURCE_WARNING_INTERVAL = 10.0
+# accept() errors that concern one pending connection, not the listener: the
+# client is gone, or (Linux) a network error already pending on the new socket,
+# which accept(2) says to treat like EAGAIN.  Skip it and accept the next.
+_ACCEPT_SKIP = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "EPERM",  # a firewall rule refused the connection
+    )
+    if hasattr(errno, name)
+)
 # An answer for a connection we cannot take (the backend cannot watch its fd).
 _UNAVAILABLE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -191,11 +216,15 @@ class Server:
         self.bytes_in = 0  # of closed connections; live ones add theirs in stats()
         self.bytes_out = 0
         self.counters: Counter[str] = Counter()
-        self._accepting = False
+        self.accepting = False
         self._reclaim_timer = None
         self._paused_until = 0.0
-        self._last_fd_warning = -FD_EXHAUSTED_LOG_INTERVAL
+        self._accept_warning = ThrottledWarning(RESOURCE_WARNING_INTERVAL)
+        self._disk_warning = ThrottledWarning(RESOURCE_WARNING_INTERVAL)
         self._warned_unwatchable = False
+        # The app's way to answer a request with a body before reading it (see
+        # `answer_from_head`).
+        self._app_on_head = getattr(app, "on_head", None)
         self._server_line = (
             f"Server: {self.config.server_header}\r\n".encode("latin-1")
             if self.config.server_header
@@ -267,12 +296,10 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue  # the client left before we got to it
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._out_of_descriptors(exc)
-                    return
-                raise
+                if exc.errno in _ACCEPT_SKIP:
+                    continue  # about that one client (it left, say): take the next
+                self._accept_failed(exc)
+                return
             if victim is not None:
                 # Like nginx's reusable connections: the longest-idle connection
                 # with no request in progress makes room for the new client.
@@ -304,16 +331,30 @@ class Server:
         if not self.backend.can_watch(sock.fileno()):
             self._refuse_unwatchable(sock)
             return
-        sock.setblocking(False)
-        if sock.family != socket.AF_UNIX:
-            # Send each response as soon as it is written: Nagle's algorithm with
-            # the client's delayed ACK would otherwise stall it by ~40 ms.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(self, sock, peer, local)
+        try:
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                # Send each response as soon as it is written: Nagle's algorithm with
+                # the client's delayed ACK would otherwise stall it by ~40 ms.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(self, sock, peer, local)
+        except Exception as exc:
+            # A client gone already (EINVAL from setsockopt) or a bug: either way
+            # this one socket is closed and accepting goes on.
+            log.debug("could not set up the connection from %r: %s", peer, exc)
+            self.count(INTERNAL_ERROR)
+            sock.close()
+            return
         self.connections.add(conn)
         # Data often arrives with the connection: try to read it now rather
         # than a turn later.
-        conn.on_readable()
+        try:
+            conn.on_readable()
+        except Exception as exc:
+            # A bug while serving its first bytes is that connection's, as in the
+            # loop: logged, and the connection closed so that its slot comes back.
+            log.exception("unhandled error in %r", conn)
+            conn.close(INTERNAL_ERROR, exc)
 
     def _refuse_unwatchable(self, sock: socket.socket) -> None:
         fd = sock.fileno()
@@ -337,31 +378,35 @@ class Server:
             pass
         sock.close()
 
-    def _out_of_descriptors(self, exc: OSError) -> None:
-        self.count("accept-fd-exhausted")
-        now = self.loop.now
-        if now - self._last_fd_warning >= FD_EXHAUSTED_LOG_INTERVAL:
-            self._last_fd_warning = now
-            log.warning("accept failed (%s): pausing accepting for %.2fs", exc, FD_EXHAUSTED_PAUSE)
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept() failed for the listener, not for one client (out of descriptors or
+        memory, or something unforeseen): pause briefly instead of spinning on it."""
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            self.count("accept-fd-exhausted")
+        else:
+            self.count("accept-error")
+        self._accept_warning.warn(
+            "accept failed (%s): pausing accepting for %.2fs", exc, FD_EXHAUSTED_PAUSE
+        )
         self._pause_accepting()
-        self._paused_until = now + FD_EXHAUSTED_PAUSE
+        self._paused_until = self.loop.now + FD_EXHAUSTED_PAUSE
         self.loop.call_later(FD_EXHAUSTED_PAUSE, self._resume_accepting)
 
     def _pause_accepting(self) -> None:
-        if self._accepting:
-            self._accepting = False
+        if self.accepting:
+            self.accepting = False
             for listener in self.listeners:
                 self.loop.unwatch(listener.fd)
 
     def _resume_accepting(self) -> None:
-        if self._accepting or self.stopping:
+        if self.accepting or self.stopping:
             return
         if len(self.connections) >= self.limit and self._reclaimable() is None:
             self._retry_when_reclaimable()
             return
         if self.loop.now < self._paused_until:
             return  # an fd-exhaustion pause is still running; its timer resumes us
-        self._accepting = True
+        self.accepting = True
         for listener in self.listeners:
             self.loop.watch(listener.fd, listener, READABLE)
 
@@ -373,13 +418,42 @@ class Server:
         self.counters[reason] += 1
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.out.bytes_sent
-        if not self._accepting:
+        if not self.accepting:
             self._resume_accepting()
         if self.stopping and not self.connections:
             self.loop.stop()
 
+    def became_idle(self) -> None:
+        """A connection went idle (it is in `idle` now) while accepting is paused at
+        the cap: look again once it is old enough to be reclaimed, so a client
+        waiting in the backlog does not wait for a keep-alive timeout."""
+        if not self.stopping and self._paused_until <= self.loop.now:
+            self._retry_when_reclaimable()
+
     def count(self, what: str) -> None:
         self.counters[what] += 1
+
+    def answer_from_head(self, request) -> Response | None:
+        """The answer to a request with a body that can be given before its body is
+        read (the server's own routes, or the app's `on_head`), or None to read it."""
+        if request.path == self.stats_path and request.method in ("GET", "HEAD"):
+            return self.stats_response()
+        if self._app_on_head is not None:
+            return self._app_on_head(request)
+        return None
+
+    def open_spill_file(self):
+        """A temporary file for a request body past --body-spill-threshold."""
+        self.count("body-spilled")
+        return tempfile.TemporaryFile()  # noqa: SIM115 (the connection's RequestBody closes it)
+
+    def body_store_failed(self, exc: OSError) -> None:
+        self.count("body-store-failed")
+        self._disk_warning.warn(
+            "cannot store a request body (%s): answering 503; is the temporary directory %s full?",
+            exc,
+            tempfile.gettempdir(),
+        )
 
     def stats(self) -> dict:
         """Counters for monitoring: connections, requests, bytes, and why connections closed."""
@@ -394,8 +468,14 @@ class Server:
             "requests": self.requests,
             "bytes_in": self.bytes_in + sum(conn.bytes_in for conn in live),
             "bytes_out": self.bytes_out + sum(conn.out.bytes_sent for conn in live),
-            "events": dict(sorted(self.counters.items())),
+            "events": dict(sorted(self._events().items())),
         }
+
+    def _events(self) -> Counter[str]:
+        events = self.counters.copy()
+        if self.access_log is not None and self.access_log.lines_lost:
+            events["access-log-lines-lost"] = self.access_log.lines_lost
+        return events
 
     def stats_response(self) -> Response:
         body = json.dumps(self.stats(), indent=1).encode("ascii")
@@ -403,13 +483,14 @@ class Server:
 
     def _refresh_date(self) -> None:
         now = time.time()
+        # Refresh just after the next wall-clock second begins (armed first: whatever
+        # happens below, the clock keeps ticking).
+        self.loop.call_later(1.0 - (now % 1.0) + 0.001, self._refresh_date)
         self.date = wire.date_line(now)
         self.fixed = self.date + self._server_line
         if self.access_log is not None:
             self.access_log.now = clf_time(now)
             self.access_log.flush()
-        # Refresh just after the next wall-clock second begins.
-        self.loop.call_later(1.0 - (time.time() % 1.0) + 0.001, self._refresh_date)
 
     # -- stopping -------------------------------------------------------------
 

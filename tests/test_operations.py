@@ -51,7 +51,7 @@ def test_access_log_writes_one_combined_line_per_request(backend, server_factory
         "GET / HTTP/1.1",
         "200",
     )
-    assert (first["referer"], first["agent"]) == ("http://r.example/", 't\\"q\\\\x')
+    assert (first["referer"], first["agent"]) == ("http://r.example/", r"t\x22q\x5Cx")
     assert (echo["request"], echo["status"]) == ("POST /echo HTTP/1.1", "200")
     assert int(echo["size"]) > 5  # head and body of the answer
     assert (missing["request"], missing["status"]) == ("GET /nope HTTP/1.1", "404")

@@ -360,3 +360,30 @@ def test_flood_beyond_the_cap_is_mostly_served_not_refused(flooded):
 @pytest.mark.parametrize("aspect", HEALTH_ASPECTS)
 def test_flood_beyond_the_cap_leaves_server_healthy(flooded, aspect):
     assert_healthy(flooded.health, aspect)
+
+
+@pytest.mark.timeout(60)
+def test_a_client_waiting_at_the_cap_is_taken_once_a_busy_connection_goes_idle(
+    backend, server_factory
+):
+    # At --max-connections 1: A is busy, B waits in the backlog, A finishes and goes
+    # idle. Accepting used to resume only when a connection closed: B was answered
+    # at A's keep-alive timeout (5 s) instead of about RECLAIM_MIN_IDLE (0.5 s) later.
+    proc = server_factory(backend, "--max-connections", "1", "--keepalive-timeout", "5")
+    baseline = proc.settled_fds()
+    with proc.connect() as first:
+        first.send(b"GET / HTTP/1.1\r\nHost: a\r\n")  # a head in progress: A is busy
+        assert wait_server_fds(proc, baseline + 1) > baseline, "A was never accepted"
+        with socket.create_connection(proc.address, timeout=10) as second:
+            second.sendall(get_request("/"))
+            time.sleep(0.3)  # B is queued behind the cap meanwhile
+            first.send(b"\r\n")
+            assert first.read_final_response().status == 200
+            idle_since = time.monotonic()
+            waiting = RawClient(second, timeout=10)
+            assert waiting.read_final_response().status == 200, proc.diag()
+            waited = time.monotonic() - idle_since
+    assert waited < 2.0, proc.diag(
+        f"the client queued at the cap was answered {waited:.2f} s after the busy "
+        "connection went idle; expected about 0.5 s (reclaimable), not the keep-alive timeout"
+    )
