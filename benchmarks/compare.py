@@ -156,12 +156,14 @@ class Managed:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         log_dir: Path,
+        source: Path = ROOT,
     ) -> None:
         self.name = name
         self.argv = pinned(cpu, argv) if cpu is not None else argv
         self.log_path = log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log"
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        # `source` is the tree selserve is imported from (another revision's, for --baseline).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -266,6 +268,7 @@ class ServerSpec:
     note: str = ""
     is_selserve: bool = False
     backend: str | None = None  # for selserve
+    source: Path = ROOT  # the tree selserve is imported from
 
     def target(self, kind: str, static_file: str | None) -> Target:
         if kind == "hello":
@@ -590,7 +593,13 @@ class Settings:
 def running(spec: ServerSpec, kind: str, settings: Settings) -> Iterator[tuple[Managed, int]]:
     port = free_port()
     argv = spec.argv(kind, port, settings.files, settings.scratch)
-    server = Managed(f"{spec.name}-{kind}-{port}", argv, cpu=SERVER_CPU, log_dir=settings.log_dir)
+    server = Managed(
+        f"{spec.name}-{kind}-{port}",
+        argv,
+        cpu=SERVER_CPU,
+        log_dir=settings.log_dir,
+        source=spec.source,
+    )
     try:
         wait_accepting(server, port)
         yield server, port
@@ -970,6 +979,45 @@ def make_static_files(directory: Path) -> None:
         (directory / name).chmod(0o644)
 
 
+def baseline_servers(revision: str, directory: Path) -> list[ServerSpec]:
+    """selserve as of `revision` (a git revision of this repository), unpacked into
+    `directory`: the demo app on the default backend, and the WSGI hello, so that a
+    change to the hot path is measured side by side with what it changes."""
+    try:
+        short = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", revision],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", short, "selserve"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SystemExit(
+            f"--baseline {revision!r}: not a revision git can archive here ({exc})"
+        ) from None
+    directory.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True, timeout=60)
+    best = backends.best()
+    demo = selserve_spec(best)
+    demo.name, demo.source, demo.backend = f"selserve@{short}", directory, None
+    demo.note = f"selserve at revision {short} ({best}), `selserve.demo:app`"
+    wsgi = ServerSpec(
+        f"selserve@{short}-wsgi",
+        ("hello", "stream"),
+        selserve_wsgi_argv,
+        is_selserve=True,
+        source=directory,
+        note=f"selserve at revision {short} ({best}) hosting `hello_wsgi.py`",
+    )
+    return [demo, wsgi]
+
+
 def select_servers(specs: list[ServerSpec], wanted: list[str] | None) -> list[ServerSpec]:
     if not wanted:
         return [s for s in specs if s.available()]
@@ -1035,6 +1083,12 @@ def build_parser() -> argparse.ArgumentParser:
         "server's best round (interference from other load only ever slows a run down)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run selserve as of this git revision (demo app and WSGI hello, rows "
+        "named selserve@REV and selserve@REV-wsgi): before/after side by side in one run",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' stderr logs")
     return parser
 
@@ -1057,8 +1111,16 @@ def main(argv: list[str] | None = None) -> int:
     partial = bool(args.quick or args.only or args.servers)
     output = args.output or (None if partial else DEFAULT_OUTPUT)
     chart_path = args.chart or (output.with_suffix(".png") if output else None)
+    work = Path(tempfile.mkdtemp(prefix="selserve-compare-"))
+    work.chmod(0o755)  # nginx's workers run as an unprivileged user and must reach files/
     specs = all_servers()
     chosen = select_servers(specs, args.servers)
+    if args.baseline:  # always run, whatever --servers picked: that is what it is for
+        try:
+            chosen += baseline_servers(args.baseline, work / "baseline")
+        except SystemExit:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     workloads = [w for w in WORKLOADS if not args.only or w.name in args.only]
     do_idle = not args.only or IDLE_SCALING in args.only
     command = "python benchmarks/compare.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
@@ -1071,8 +1133,6 @@ def main(argv: list[str] | None = None) -> int:
     loads = [load_average(), "?"]
     first_revision = revision()
     results: list[Result] = []
-    work = Path(tempfile.mkdtemp(prefix="selserve-compare-"))
-    work.chmod(0o755)  # nginx's workers run as an unprivileged user and must reach files/
     files = work / "files"
     files.mkdir()
     make_static_files(files)
