@@ -137,7 +137,7 @@ class WSGIAdapter:
 
     def __call__(self, request: Request) -> Response:
         environ = self.environ(request)
-        exchange = _Exchange(request.method)
+        exchange = _Exchange()
         try:
             result = self.app(environ, exchange.start_response)
         except Exception:
@@ -155,7 +155,7 @@ class WSGIAdapter:
                     body = None  # no length to announce: see _known_response
                 return Response(exchange.status, exchange.headers, body, exchange.reason)
         try:
-            return self._response(exchange, result)
+            return self._response(exchange, result, request.method)
         except BaseException as exc:
             # Nothing was handed to the connection: the close() is ours to make.
             if not exchange.result_closed:
@@ -171,7 +171,7 @@ class WSGIAdapter:
                 return self._error_response(None)
             return self._failed(request, "WSGI application error")
 
-    def _response(self, exchange: _Exchange, result) -> Response:
+    def _response(self, exchange: _Exchange, result, method: str) -> Response:
         """The Response for `result`.
 
         Raises whatever the application raises while we drive it, TypeError or
@@ -193,7 +193,7 @@ class WSGIAdapter:
             if exchange.status is None:
                 raise _NoStartResponse()
             pieces = [_as_bytes(piece) for piece in result]
-            return _known_response(exchange, [*(exchange.written or ()), *pieces])
+            return _known_response(exchange, [*(exchange.written or ()), *pieces], method)
 
         iterator = iter(result)
         first = _END
@@ -214,7 +214,7 @@ class WSGIAdapter:
             # Exhausted without a byte: the whole body is what write() got.
             exchange.result_closed = True
             _close(result)
-            return _known_response(exchange, list(exchange.written or ()))
+            return _known_response(exchange, list(exchange.written or ()), method)
         exchange.headers_sent = True
         pending = exchange.written
         if pending is None:
@@ -333,7 +333,6 @@ class _Exchange:
     """What the application has said so far about one response."""
 
     __slots__ = (
-        "method",
         "status",
         "reason",
         "headers",
@@ -343,10 +342,9 @@ class _Exchange:
         "result_closed",
     )
 
-    def __init__(self, method: str) -> None:
-        self.method = method  # of the request
-        self.status: int | None = None
-        self.reason: str | None = None  # the app's own reason phrase, if not the standard one
+    def __init__(self) -> None:
+        self.status: int | None = None  # with `reason` (the app's own phrase, if not the
+        # standard one), set by start_response()
         self.headers: tuple[tuple[str, str], ...] = ()
         self.content_length: int | None = None
         self.headers_sent = False
@@ -677,11 +675,11 @@ def _as_bytes(piece) -> bytes:
     raise TypeError(f"a WSGI body piece must be bytes, not {type(piece).__name__}")
 
 
-def _known_response(exchange: _Exchange, pieces: list[bytes]) -> Response:
-    """A Response for a body known in full."""
+def _known_response(exchange: _Exchange, pieces: list[bytes], method: str) -> Response:
+    """A Response for a body known in full, to a request of `method`."""
     body = b"".join(pieces)
     length = exchange.content_length
-    if not body and exchange.method == "HEAD":
+    if not body and method == "HEAD":
         # Apps (werkzeug, httpbin) answer HEAD with no content and often no
         # length: the length of their GET answer is unknown here, so none is
         # announced (RFC 9110 §8.6 forbids a Content-Length that differs from

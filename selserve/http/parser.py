@@ -275,8 +275,7 @@ class RequestParser:
         self._scan = 0  # bytes past _pos already searched for the end of head / trailers
         self._line_end = -1  # LF of a request line checked while its head was partial
         self._remaining = 0  # body bytes left in the Content-Length body or current chunk
-        self._body_seen = 0  # decoded chunked body bytes so far
-        self._framing = 0  # chunked framing bytes so far (see CHUNK_FRAMING_SHARE)
+        # (_body_seen and _framing count a chunked body: set where one begins.)
 
     # --- input ------------------------------------------------------------------------
 
@@ -514,6 +513,8 @@ class RequestParser:
 
         if chunked:
             self._state = _CHUNK_SIZE
+            self._body_seen = 0  # decoded chunked body bytes so far
+            self._framing = 0  # chunked framing bytes so far (see CHUNK_FRAMING_SHARE)
         elif content_length:
             self._state = _BODY
             self._remaining = content_length
