@@ -52,16 +52,6 @@ class WriteBuffer:
     def __bool__(self) -> bool:
         return self.size > 0
 
-    @property
-    def full(self) -> bool:
-        """At or above high water: the producer must pause."""
-        return self.size >= self.high_water
-
-    @property
-    def drained_enough(self) -> bool:
-        """At or below low water: a paused producer may resume."""
-        return self.size <= self.low_water
-
     def append(self, data: bytes) -> None:
         if data:
             if self._pieces is _NOTHING:

@@ -75,6 +75,11 @@ class _Waker:
     """A readable fd that other threads and signal handlers poke to end a select()."""
 
     def __init__(self) -> None:
+        # wake() may come from any thread while the loop closes the waker: the lock
+        # keeps a late wake() from writing to a closed fd (or to whatever reuses it).
+        # Re-entrant, because a signal handler may wake the loop from inside wake().
+        self._lock = threading.RLock()
+        self._closed = False
         if hasattr(os, "eventfd"):
             self._rfd = self._wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._token = (1).to_bytes(8, "little")
@@ -91,10 +96,13 @@ class _Waker:
         return self._rfd
 
     def wake(self) -> None:
-        try:
-            os.write(self._wfd, self._token)
-        except (BlockingIOError, InterruptedError):
-            pass  # already pending: the loop will wake anyway
+        with self._lock:
+            if self._closed:
+                return  # the loop is gone: nothing to wake
+            try:
+                os.write(self._wfd, self._token)
+            except (BlockingIOError, InterruptedError):
+                pass  # already pending: the loop will wake anyway
 
     def drain(self) -> None:
         try:
@@ -104,11 +112,13 @@ class _Waker:
             pass
 
     def close(self) -> None:
-        if self._pair is not None:
-            for s in self._pair:
-                s.close()
-        else:
-            os.close(self._rfd)
+        with self._lock:
+            self._closed = True
+            if self._pair is not None:
+                for s in self._pair:
+                    s.close()
+            else:
+                os.close(self._rfd)
 
 
 class _WakeHandler:
@@ -130,14 +140,12 @@ class EventLoop:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.now = time.monotonic()
+        self.now = time.monotonic()  # the loop's clock, refreshed once per turn
         self._handlers: dict[int, Handler] = {}
-        self._interest: dict[int, int] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = 0
         self._live_timers = 0
         self._ready: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
-        self._running = False
         self._stopping = False
         self._waker = _Waker()
         self._thread_id: int | None = None
@@ -148,32 +156,26 @@ class EventLoop:
     def watch(self, fd: int, handler: Handler, events: int) -> None:
         """Start (or change) watching `fd` for `events`; `handler` receives them."""
         if fd in self._handlers:
-            self.set_interest(fd, events)
-            return
-        self.backend.register(fd, events, handler)
+            self.backend.modify(fd, events, handler)
+        else:
+            self.backend.register(fd, events, handler)
         self._handlers[fd] = handler
-        self._interest[fd] = events
 
     def set_interest(self, fd: int, events: int) -> None:
         """Change what `fd` is watched for; a no-op (no syscall) when unchanged."""
-        if self._interest[fd] != events:
-            self.backend.modify(fd, events, self._handlers[fd])
-            self._interest[fd] = events
+        # The selector's key holds the events and skips the syscall when they
+        # are unchanged: the loop keeps no copy of its own.
+        self.backend.modify(fd, events, self._handlers[fd])
 
     def unwatch(self, fd: int) -> None:
         """Stop watching `fd`.  Call before closing it (a closed fd cannot be removed)."""
         if self._handlers.pop(fd, None) is not None:
-            del self._interest[fd]
             self.backend.unregister(fd)
 
     def is_watching(self, fd: int) -> bool:
         return fd in self._handlers
 
     # -- timers and callbacks ---------------------------------------------
-
-    def time(self) -> float:
-        """The loop's clock, refreshed once per turn (cheap to read often)."""
-        return self.now
 
     def call_at(self, when: float, callback: Callable[[], Any]) -> Timer:
         timer = Timer(self, when, callback)
@@ -186,7 +188,12 @@ class EventLoop:
     def _push_timer(self, timer: Timer) -> None:
         self._timer_seq += 1
         timer._queued_when = timer.when
-        heapq.heappush(self._timers, (timer.when, self._timer_seq, timer))
+        timers = self._timers
+        heapq.heappush(timers, (timer.when, self._timer_seq, timer))
+        # Only a push grows the heap: checked here, stale entries (cancelled or
+        # superseded timers not yet due) never outnumber live ones by much.
+        if len(timers) > 2 * self._live_timers + _HEAP_COMPACT_MIN:
+            self._compact_timers()
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         self._ready.append((callback, args))
@@ -209,14 +216,12 @@ class EventLoop:
             self._waker.wake()
 
     def run(self) -> None:
-        self._running = True
         self._stopping = False
         self._thread_id = threading.get_ident()
         try:
             while not self._stopping:
                 self.run_once()
         finally:
-            self._running = False
             self._thread_id = None
 
     def run_once(self) -> None:
@@ -239,7 +244,8 @@ class EventLoop:
                     handler.on_writable()
             except Exception as exc:
                 self._handler_failed(handler, exc)
-        if self._timers:
+        timers = self._timers
+        if timers and timers[0][0] <= self.now:  # (most turns: nothing is due)
             self._run_due_timers()
         if self._ready:
             self._run_callbacks()
@@ -267,8 +273,6 @@ class EventLoop:
                 timer.callback()
             except Exception as exc:
                 self._handler_failed(timer.callback, exc)
-        if len(timers) > 2 * self._live_timers + _HEAP_COMPACT_MIN:
-            self._compact_timers()
 
     def _compact_timers(self) -> None:
         self._timers = [

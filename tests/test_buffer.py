@@ -30,15 +30,6 @@ def read_exactly(sock: socket.socket, count: int) -> bytes:
     return data
 
 
-def test_water_marks():
-    buf = WriteBuffer(high_water=100, low_water=10)
-    buf.append(b"x" * 99)
-    assert not buf.full
-    buf.append(b"x")
-    assert buf.full
-    assert not buf.drained_enough
-
-
 def test_small_pieces_are_sent_in_one_call_in_order(pair):
     a, b = pair
     buf = WriteBuffer()

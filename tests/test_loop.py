@@ -11,7 +11,7 @@ import time
 import pytest
 
 from selserve import backends
-from selserve.backends import READABLE
+from selserve.backends import READABLE, WRITABLE
 from selserve.loop import EventLoop
 
 pytestmark = pytest.mark.timeout(20)
@@ -114,16 +114,36 @@ def test_handler_exception_closes_that_handler_and_loop_goes_on(loop, caplog):
         s.close()
 
 
-def test_set_interest_without_change_makes_no_backend_call(loop):
+def test_set_interest_to_unchanged_events_leaves_the_registration_alone(loop):
     a, b = socket.socketpair()
     loop.watch(a.fileno(), Recorder(a), READABLE)
-    calls = []
-    original = loop.backend.modify
-    loop.backend.modify = lambda *args: (calls.append(args), original(*args))
+    selector = loop.backend._selector
+    key = selector.get_key(a.fileno())
     loop.set_interest(a.fileno(), READABLE)
-    assert calls == []
-    loop.set_interest(a.fileno(), READABLE | backends.WRITABLE)
-    assert len(calls) == 1
+    # The selector replaces its key whenever it goes to the kernel.
+    assert selector.get_key(a.fileno()) is key
+    a.close()
+    b.close()
+
+
+def test_set_interest_delivers_the_new_events_to_the_handler(loop):
+    a, b = socket.socketpair()  # writable, nothing to read
+    handler = Recorder(a)
+    loop.watch(a.fileno(), handler, READABLE)
+    loop.set_interest(a.fileno(), READABLE | WRITABLE)
+    loop.run_once()
+    assert handler.calls == ["writable"]
+    a.close()
+    b.close()
+
+
+def test_watching_a_watched_fd_again_changes_its_events_and_handler(loop):
+    a, b = socket.socketpair()  # writable, nothing to read
+    first, second = Recorder(a), Recorder(a)
+    loop.watch(a.fileno(), first, READABLE)
+    loop.watch(a.fileno(), second, WRITABLE)
+    loop.run_once()
+    assert (first.calls, second.calls) == ([], ["writable"])
     a.close()
     b.close()
 
@@ -141,8 +161,8 @@ def test_timers_fire_in_order_and_cancelled_ones_do_not(loop):
 
 def test_rescheduling_later_delays_the_timer(loop):
     fired = []
-    timer = loop.call_later(0.01, lambda: fired.append(loop.time()))
-    start = loop.time()
+    timer = loop.call_later(0.01, lambda: fired.append(loop.now))
+    start = loop.now
     timer.reschedule(start + 0.08)
     loop.call_later(0.15, loop.stop)
     loop.run()
@@ -152,8 +172,8 @@ def test_rescheduling_later_delays_the_timer(loop):
 
 def test_rescheduling_earlier_fires_once_at_the_earlier_time(loop):
     fired = []
-    timer = loop.call_later(5, lambda: fired.append(loop.time()))
-    start = loop.time()
+    timer = loop.call_later(5, lambda: fired.append(loop.now))
+    start = loop.now
     timer.reschedule(start + 0.02)
     loop.call_later(0.1, loop.stop)
     loop.run()
@@ -164,7 +184,7 @@ def test_rescheduling_earlier_fires_once_at_the_earlier_time(loop):
 def test_fired_timer_can_be_rearmed(loop):
     fired = []
     timer = loop.call_later(0.01, lambda: fired.append(1))
-    loop.call_later(0.05, lambda: timer.reschedule(loop.time() + 0.01))
+    loop.call_later(0.05, lambda: timer.reschedule(loop.now + 0.01))
     loop.call_later(0.15, loop.stop)
     loop.run()
     assert fired == [1, 1]
@@ -178,6 +198,28 @@ def test_cancelled_timers_do_not_pile_up_in_the_heap(loop):
     loop.run()
     assert len(loop._timers) < 600
     keeper.cancel()
+
+
+def test_cancelled_timers_far_in_the_future_are_compacted_away(loop):
+    # They never come due: only compaction on push keeps the heap near the live count.
+    for _ in range(5000):
+        loop.call_later(3600, lambda: None).cancel()
+    assert len(loop._timers) <= 513
+
+
+@pytest.mark.parametrize("name", backends.available())
+def test_waking_a_loop_already_closed_writes_nowhere(name):
+    # A worker may finish its app after the server stopped: its wake-up must not
+    # raise, nor write into whatever socket reuses the waker's fd number.
+    loop = EventLoop(backends.create(name))
+    loop.close()
+    a, b = socket.socketpair()  # takes the lowest free fds: the ones just closed
+    with a, b:
+        loop.call_soon_threadsafe(lambda: None)
+        for sock in (a, b):
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(16)
 
 
 def test_call_soon_threadsafe_wakes_a_blocked_select(loop):

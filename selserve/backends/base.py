@@ -3,9 +3,10 @@
 A backend watches file descriptors and reports which are ready; it knows
 nothing of sockets, HTTP or timers.  Each concrete backend is a thin layer over
 the matching `selectors` class and adds only what the selector lacks: a name,
-whether this platform has it, the highest fd it can watch, and how its cost
-grows with the number of watched fds.  The event loop never asks which backend
-it runs on; differences are data on the class.
+whether this platform has it, the highest fd it can watch, and its rank for
+`auto`.  The selector's key is the one record of what each fd is watched for.
+The event loop never asks which backend it runs on; differences are data on
+the class.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ class Backend:
     selector_class: ClassVar[type[selectors.BaseSelector] | None] = None
     # fds at or above this cannot be watched (select's FD_SETSIZE); None: no limit.
     fd_limit: ClassVar[int | None] = None
-    # How one select() turn costs: "O(ready)" or "O(watched)".
-    cost_model: ClassVar[str] = "O(watched)"
     # Preference when picking `auto`: the highest available wins.
     rank: ClassVar[int] = 0
 
@@ -45,6 +44,8 @@ class Backend:
         self._selector.register(fd, events, data)
 
     def modify(self, fd: int, events: int, data: Any) -> None:
+        # Every selectors class compares with its key's events first: unchanged
+        # events make no syscall, so callers keep no copy of the interest set.
         self._selector.modify(fd, events, data)
 
     def unregister(self, fd: int) -> None:

@@ -8,5 +8,4 @@ from .base import Backend
 class DevpollBackend(Backend):
     name = "devpoll"
     selector_class = getattr(selectors, "DevpollSelector", None)
-    cost_model = "O(ready)"
     rank = 20

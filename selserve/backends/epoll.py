@@ -8,5 +8,4 @@ from .base import Backend
 class EpollBackend(Backend):
     name = "epoll"
     selector_class = getattr(selectors, "EpollSelector", None)
-    cost_model = "O(ready)"
     rank = 30

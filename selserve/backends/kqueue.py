@@ -8,5 +8,4 @@ from .base import Backend
 class KqueueBackend(Backend):
     name = "kqueue"
     selector_class = getattr(selectors, "KqueueSelector", None)
-    cost_model = "O(ready)"
     rank = 30

@@ -8,5 +8,4 @@ from .base import Backend
 class PollBackend(Backend):
     name = "poll"
     selector_class = getattr(selectors, "PollSelector", None)
-    cost_model = "O(watched)"
     rank = 10

@@ -16,5 +16,4 @@ class SelectBackend(Backend):
     name = "select"
     selector_class = selectors.SelectSelector
     fd_limit = FD_SETSIZE
-    cost_model = "O(watched)"
     rank = 0
