@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import BACKENDS, ROOT, RawClient, ServerProcess, free_port, get_request
+from helpers import BACKENDS, ROOT, RawClient, ServerProcess, free_port, get_request
 
 
 def run_cli(*args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """CI smoke of the Locust load tests (`loadtests/`): a short headless run per backend.
 
-Each run drives a `selserve selserve.demo:app` (started with conftest's ServerProcess, short
+Each run drives a `selserve selserve.demo:app` (started by the server_factory fixture, short
 --header-timeout so that slowlorises are dropped within the run) with the default mix,
 through `python -m loadtests.run --host`: well-behaved users must see no failure at all,
 misbehaving users' checks must all pass, and the server must end with no more fds than it
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BACKENDS, ROOT
+from helpers import BACKENDS, ROOT
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("locust") is None,

@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from conftest import get_request, post_request
+from helpers import get_request, post_request
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from conftest import chunked_body, get_request, post_request
+from helpers import chunked_body, get_request, post_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from conftest import RawClient, ServerProcess, get_request
+from helpers import RawClient, ServerProcess, get_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from static_fixtures.listing_page import ListingPage

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import psutil
 import pytest
 import requests
-from conftest import BACKENDS
+from helpers import BACKENDS
 from static_fixtures.listing_page import ListingPage
 from static_fixtures.static_server import StaticServer
 

@@ -21,7 +21,7 @@ from wsgiref.validate import WSGIWarning, validator
 
 import pytest
 import requests
-from conftest import (
+from helpers import (
     ServerProcess,
     chunked_body,
     get_request,

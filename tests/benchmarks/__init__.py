@@ -1,1 +1,1 @@
-"""pytest-benchmark suite (a package so its conftest and modules have their own names)."""
+"""pytest-benchmark suite (a package so its conftest, helpers and modules have their own names)."""

@@ -20,11 +20,11 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import ServerProcess  # tests/conftest.py: the black-box server fixture
+from helpers import ServerProcess  # tests/helpers.py: the black-box server process
 
 from selserve import backends
 
-from .conftest import (
+from .helpers import (
     HELLO_REQUEST,
     IO_TIMEOUT,
     close_with_reset,

@@ -1,6 +1,7 @@
 """Fault-injection suite: the server under the abuse real servers see (load tools killed
-mid-run, aborting and half-closing clients, slow readers, slowloris, floods past the
-connection cap, garbage and smuggling shapes), once per available backend.
+mid-run, resets mid-stream, aborting and half-closing clients, slow readers, slowloris,
+floods past the connection cap and past select's FD_SETSIZE, garbage and smuggling
+shapes), once per available backend.
 
-A package so that its conftest.py is imported as `faults.conftest` and the test modules
-can import its helpers without clashing with tests/conftest.py."""
+A package so that its shared code is imported as `faults.helpers`, apart from the
+black-box helpers every test directory uses (tests/helpers.py, imported as `helpers`)."""

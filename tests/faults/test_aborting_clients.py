@@ -1,21 +1,24 @@
 """2. Clients walking away mid-response, hundreds at once, while a probe client keeps being
 served: a plain close or an RST (SO_LINGER 0), after 0 bytes of the response, after a few
-KB, and in the middle of a chunk of a chunked stream. (tests/test_server_resilience.py
-already covers 200 RSTs after a few KB of one stream and a sequence of seven abort kinds;
-this adds plain closes, the 0-byte and mid-chunk points, and the probe throughout.)"""
+KB, and in the middle of a chunk of a chunked stream. And clients walking away from a
+connection they have only just opened, a hundred in quick succession, at seven points from
+"before sending anything" to "before reading the answer". (test_reset_storm.py resets
+clients while the server is still writing an 80 MB stream to them.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import selectors
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import ServerProcess, get_request, set_linger_rst
+from helpers import ServerProcess, get_request, post_request, set_linger_rst
 
-from faults.conftest import (
+from faults.helpers import (
     ANSWER_WITHIN,
     HEALTH_ASPECTS,
     Baseline,
@@ -219,3 +222,56 @@ def test_probe_client_served_within_1s_throughout_the_aborts(aborts):
 @pytest.mark.parametrize("aspect", HEALTH_ASPECTS)
 def test_aborting_clients_leave_server_healthy(aborts, aspect):
     assert_healthy(aborts.health, aspect)
+
+
+# --------------------------------------------------------------------------- walk-aways
+
+WALK_AWAY_CLIENTS = 100
+WALK_AWAY_THREADS = 10
+WALK_AWAY_KINDS = 7
+WALK_AWAYS_WITHIN = 30.0  # seconds for all of them
+
+
+def walk_away(address, kind: int) -> None:
+    """One of seven ways to walk away from the server. Errors caused by the server closing
+    first are fine; the server's health is checked afterwards."""
+    sock = socket.create_connection(address, timeout=5)
+    try:
+        if kind == 0:  # connect, close at once (FIN)
+            pass
+        elif kind == 1:  # connect, RST at once
+            set_linger_rst(sock)
+        elif kind == 2:  # half a request line, then RST
+            sock.sendall(b"GET /stream?n=10 HT")
+            set_linger_rst(sock)
+        elif kind == 3:  # half a header block, then FIN
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: te")
+        elif kind == 4:  # a long stream requested, FIN before reading any of it
+            sock.sendall(get_request("/stream?n=2000&size=16384"))
+        elif kind == 5:  # body promised 100000 bytes, 1000 sent, RST
+            sock.sendall(post_request("/echo", b"x" * 100_000)[:1100])
+            set_linger_rst(sock)
+        elif kind == 6:  # a full request, RST before reading the answer
+            sock.sendall(get_request("/"))
+            set_linger_rst(sock)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def walk_aways(backend):
+    with running_server(backend) as proc:
+        # The whole log counts, start-up and warm-up included: no traceback anywhere.
+        baseline = dataclasses.replace(Baseline.take(proc), stderr_lines=0)
+        with ThreadPoolExecutor(max_workers=WALK_AWAY_THREADS) as pool:
+            kinds = [i % WALK_AWAY_KINDS for i in range(WALK_AWAY_CLIENTS)]
+            list(pool.map(lambda k: walk_away(proc.address, k), kinds, timeout=WALK_AWAYS_WITHIN))
+        yield check_health(proc, baseline, "walk-aways")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("aspect", HEALTH_ASPECTS)
+def test_clients_walking_away_at_seven_points_leave_server_healthy(walk_aways, aspect):
+    assert_healthy(walk_aways, aspect)

@@ -3,8 +3,9 @@ cap stay usable; idle connections must not lock real clients out -- at the cap t
 reclaims the longest-idle connections with no request in progress (accepted but silent,
 or idle keep-alive), as nginx does with its reusable connections, so a new client is
 served within a second; and a flood of 300 clients at once is served later or refused
-cleanly, never left hanging. (tests/test_server_resilience.py covers five busy
-connections at a cap of 5 queueing the rest.)"""
+cleanly, never left hanging. Busy connections are never reclaimed: with five responses
+in progress at a cap of 5, newcomers wait in the backlog and are all answered, in full,
+once the busy ones close."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import RawClient, ServerProcess, get_request
+from helpers import RawClient, ServerProcess, get_request, post_request
 
-from faults.conftest import (
+from faults.helpers import (
     ANSWER_WITHIN,
     HEALTH_ASPECTS,
     Baseline,
@@ -32,6 +33,7 @@ CAP = 50
 CAP_FLAGS = ("--max-connections", str(CAP), "--keepalive-timeout", "30", "--header-timeout", "30")
 GREETING = b"Hello from selserve!\n"
 NEWCOMER_TIMEOUT = 2.0  # how long a new client waits at the cap before we call it locked out
+OLDEST_CLOSED_WITHIN = 2.0  # the reclaimed longest-idle connection sees its close this soon
 FLOOD_CLIENTS = 300
 FLOOD_WITHIN = 15.0  # every flood client has an outcome within this long
 
@@ -127,6 +129,7 @@ class Newcomer:
     outcome: int | str
     held_closed: int = 0  # held connections the server closed (reclaimed) meanwhile
     held_garbage: list[bytes] = field(default_factory=list)  # bytes a silent one got
+    oldest_end: tuple[str, bytes] = ("unwatched", b"")  # how the longest-held one ended
 
 
 @dataclass
@@ -161,10 +164,15 @@ def closed_by_server(socks: list[socket.socket]) -> tuple[int, list[bytes]]:
     return closed, garbage
 
 
-def newcomer(proc: ServerProcess, held: list[socket.socket]) -> Newcomer:
+def newcomer(
+    proc: ServerProcess, held: list[socket.socket], watch_oldest: bool = False
+) -> Newcomer:
     latency, outcome = proc.timed_get(timeout=NEWCOMER_TIMEOUT)
+    oldest_end = ("unwatched", b"")
+    if watch_oldest:  # before closed_by_server reads it: an RST must not pass for an EOF
+        oldest_end = RawClient(held[0]).wait_closed(timeout=OLDEST_CLOSED_WITHIN)
     closed, garbage = closed_by_server(held)
-    return Newcomer(latency, outcome, closed, garbage)
+    return Newcomer(latency, outcome, closed, garbage, oldest_end)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +185,7 @@ def reclaim(server):
         for _ in range(CAP):
             silent.append(socket.create_connection(server.address, timeout=5))
         peak_silent = wait_server_fds(server, baseline.fds + CAP)
-        run.silent = newcomer(server, silent)
+        run.silent = newcomer(server, silent, watch_oldest=True)
     finally:
         for sock in silent:
             sock.close()
@@ -220,6 +228,17 @@ def test_idle_keepalive_connections_at_the_cap_do_not_lock_a_new_client_out(recl
 
 
 @pytest.mark.timeout(60)
+def test_at_the_cap_the_longest_idle_connection_is_the_one_reclaimed(reclaim):
+    # Checked where the held connections had never said anything, so their age is how
+    # long they have been idle: the first one accepted is the longest idle.
+    assert reclaim.silent.oldest_end == ("eof", b""), reclaim.server.diag(
+        f"the longest-idle of {CAP} silent connections, after a newcomer was served at the "
+        f"cap: {reclaim.silent.oldest_end!r} within {OLDEST_CLOSED_WITHIN} s; expected a "
+        "plain close (it is the one to make room)"
+    )
+
+
+@pytest.mark.timeout(60)
 def test_reclaimed_connections_are_closed_without_a_word(reclaim):
     # Reclaiming closes a connection with nothing in flight: its client sees a plain close,
     # never bytes (no half response, no 503 on a connection that asked nothing).
@@ -237,6 +256,89 @@ def test_reclaimed_connections_are_closed_without_a_word(reclaim):
 @pytest.mark.parametrize("aspect", HEALTH_ASPECTS)
 def test_idle_connections_reclaimed_at_the_cap_leave_server_healthy(reclaim, aspect):
     assert_healthy(reclaim.health, aspect)
+
+
+# --------------------------------------------------------------------------- busy at the cap
+
+BUSY_CAP = 5
+BUSY_FLAGS = ("--max-connections", str(BUSY_CAP), "--keepalive-timeout", "30")
+HUGE_STREAM = b"GET /stream?n=100000&size=65536 HTTP/1.1\r\nHost: held\r\n\r\n"
+EARLY_WITHIN = 0.5  # a client beyond the cap must not be answered this soon
+
+
+@dataclass
+class BusyRun:
+    server: ServerProcess
+    health: Health
+    early: bytes = b""  # what the first client beyond the cap got while the cap was busy
+    answers: list[tuple[int, bytes] | str] = field(default_factory=list)  # the queued ones'
+
+
+@pytest.fixture(scope="module")
+def busy_at_cap(backend):
+    """BUSY_CAP connections each with a response in progress (a huge stream they do not
+    read: busy, so not reclaimable), then BUSY_CAP more clients that queue behind them;
+    the busy ones close and the queued ones are read."""
+    with running_server(backend, *BUSY_FLAGS) as proc:
+        baseline = Baseline.take(proc)
+        run = BusyRun(server=proc, health=None)  # type: ignore[arg-type]
+        held: list[RawClient] = []
+        waiting: list[RawClient] = []
+        try:
+            for i in range(BUSY_CAP):
+                client = proc.connect(timeout=5)
+                held.append(client)
+                client.send(post_request("/echo", f"held {i}".encode()))
+                response = client.read_final_response()
+                assert (response.status, response.body) == (200, f"held {i}".encode()), proc.diag()
+                client.send(HUGE_STREAM)
+                assert client.received_within(5.0).startswith(b"HTTP/1.1 200"), proc.diag()
+            first = proc.connect(timeout=5)  # completes in the kernel's listen backlog
+            waiting.append(first)
+            first.send(post_request("/echo", b"waiting 0"))
+            run.early = first.received_within(EARLY_WITHIN)
+            for i in range(1, BUSY_CAP):
+                client = proc.connect(timeout=5)
+                waiting.append(client)
+                client.send(post_request("/echo", f"waiting {i}".encode()))
+            for client in held:
+                client.close()
+            held.clear()
+            for client in waiting:
+                client.timeout = 5.0
+                client.sock.settimeout(5.0)
+                try:
+                    response = client.read_final_response()
+                    run.answers.append((response.status, response.body))
+                except (AssertionError, OSError) as exc:
+                    run.answers.append(f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            for client in held + waiting:
+                client.close()
+        run.health = check_health(proc, baseline, "busy-at-cap")
+        yield run
+
+
+@pytest.mark.timeout(60)
+def test_a_client_beyond_busy_connections_at_the_cap_waits(busy_at_cap):
+    assert busy_at_cap.early == b"", busy_at_cap.server.diag(
+        f"a client beyond the cap was answered while {BUSY_CAP} busy connections were held "
+        f"(--max-connections {BUSY_CAP}): {busy_at_cap.early[:200]!r}"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_clients_queued_behind_busy_connections_are_all_answered_once_they_close(busy_at_cap):
+    expected = [(200, f"waiting {i}".encode()) for i in range(BUSY_CAP)]
+    assert busy_at_cap.answers == expected, busy_at_cap.server.diag(
+        f"answers to the clients queued at the cap: {busy_at_cap.answers}"
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("aspect", HEALTH_ASPECTS)
+def test_busy_connections_at_the_cap_leave_server_healthy(busy_at_cap, aspect):
+    assert_healthy(busy_at_cap.health, aspect)
 
 
 # --------------------------------------------------------------------------- flood

@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import ServerProcess
+from helpers import ServerProcess
 
-from faults.conftest import (
+from faults.helpers import (
     HEALTH_ASPECTS,
     Baseline,
     Exchange,

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import ServerProcess, get_request, post_request, set_linger_rst
+from helpers import ServerProcess, get_request, post_request, set_linger_rst
 
-from faults.conftest import (
+from faults.helpers import (
     HEALTH_ASPECTS,
     Baseline,
     Health,

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import ServerProcess
+from helpers import ServerProcess
 
-from faults.conftest import (
+from faults.helpers import (
     HEALTH_ASPECTS,
     Baseline,
     Health,

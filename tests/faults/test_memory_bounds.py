@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, get_request
+from helpers import ServerProcess, get_request
 
-from faults.conftest import MiB, running_server, write_report
+from faults.helpers import MiB, running_server, write_report
 
 TINY_CHUNKS = 250_000  # of "2\r\nab\r\n": 500,000 body bytes, 1.75 MB on the wire
 BYTES_PER_BODY_BYTE = 5  # the bound for the tiny-chunk body

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import psutil
 import pytest
-from conftest import ServerProcess, get_request, post_request
+from helpers import ServerProcess, get_request, post_request
 
-from faults.conftest import (
+from faults.helpers import (
     HEALTH_ASPECTS,
     Baseline,
     Health,

@@ -2,8 +2,8 @@
 memory stays bounded and others are served), and clients that trickle or stall while the
 server waits on them -- slowloris heads, a silent connection, a stalled body, a reader
 that stopped reading -- which the header, body and write timeouts cut off within a few
-seconds while everyone else is served. (tests/test_server_resilience.py covers a single
-slow reader; these are many at once, half of them stalled.)"""
+seconds while everyone else is served. While the readers hang on, the server must not
+spin on their blocked sockets."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import ServerProcess, get_request
+from helpers import ServerProcess, get_request
 
-from faults.conftest import (
+from faults.helpers import (
     ANSWER_WITHIN,
     HEALTH_ASPECTS,
     Baseline,
@@ -43,6 +43,7 @@ class SlowReadersRun:
     health: Health
     heads: list[bytes] = field(default_factory=list)
     read: list[int] = field(default_factory=list)  # bytes each slow (not stalled) reader got
+    cpu_used: float = -1.0  # server CPU seconds while the slow readers read
     error: str = ""
 
 
@@ -66,6 +67,7 @@ def slow_readers(backend):
                     run.heads.append(sock.recv(4096))
                 slow = socks[: SLOW_READERS // 2]
                 run.read = [0] * len(slow)
+                cpu_start = proc.cpu_seconds()
                 end = time.monotonic() + SLOW_SECONDS
                 while time.monotonic() < end:
                     tick = time.monotonic()
@@ -73,6 +75,7 @@ def slow_readers(backend):
                         run.read[i] += len(sock.recv(4096))
                     rss_peak = max(rss_peak, proc.rss())
                     time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))  # the slow pace
+                run.cpu_used = proc.cpu_seconds() - cpu_start
                 rss_peak = max(rss_peak, proc.rss())
         except OSError as exc:
             run.error = repr(exc)
@@ -86,6 +89,7 @@ def slow_readers(backend):
             probes_during=prober.results,
             rss_peak=rss_peak,
             rss_bound=SLOW_RSS_BOUND,
+            extra={"cpu_during_s": round(run.cpu_used, 4)},
         )
         yield run
 
@@ -98,6 +102,24 @@ def test_slow_readers_keep_receiving_their_streams(slow_readers):
     # 2.5 s at 4 KiB a tenth of a second is ~100 KiB; a reader starved of data gets little.
     assert min(slow_readers.read) > 60_000, slow_readers.server.diag(
         f"bytes per slow reader in {SLOW_SECONDS} s: {slow_readers.read}"
+    )
+
+
+@pytest.mark.timeout(90)
+def test_others_are_served_within_1s_beside_the_slow_readers(slow_readers):
+    during = slow_readers.health.probes_during
+    bad = [(round(t, 3), s) for t, s in during if s != 200 or t >= ANSWER_WITHIN]
+    assert len(during) >= 10, f"only {len(during)} probes ran beside the slow readers"
+    assert not bad, slow_readers.server.diag(f"probes beside the slow readers: {bad}")
+
+
+@pytest.mark.timeout(90)
+def test_slow_and_stalled_readers_do_not_make_the_server_spin(slow_readers):
+    assert not slow_readers.error, slow_readers.server.diag(slow_readers.error)
+    # The probes cost a little CPU; a loop polling the blocked sockets costs all of it.
+    assert slow_readers.cpu_used < 0.5 * SLOW_SECONDS, slow_readers.server.diag(
+        f"server used {slow_readers.cpu_used:.2f} s CPU in {SLOW_SECONDS} s beside "
+        f"{SLOW_READERS} slow and stalled readers"
     )
 
 

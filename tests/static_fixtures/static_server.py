@@ -1,6 +1,6 @@
 """A `StaticFiles` server in a subprocess, for the static integration and browser tests.
 
-It reuses `conftest.ServerProcess` (own session, stderr to a file, poll-connect readiness,
+It reuses `helpers.ServerProcess` (own session, stderr to a file, poll-connect readiness,
 SIGTERM then SIGKILL by pid) and only changes what is run: a tiny launcher that serves
 `StaticFiles(root)` -- alone, or mounted at /assets in front of the demo app.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from conftest import ServerProcess
+from helpers import ServerProcess
 
 LAUNCHER = """
 import sys

@@ -1,7 +1,8 @@
 """What every fault scenario shares: the server's health before it (`Baseline`), the same
 figures after it (`check_health`), a client that keeps asking `GET /` meanwhile (`Prober`),
 a reader that collects every response a connection gets (`collect_responses`), and the
-JSON lines report of the measured figures (`SELSERVE_FAULT_REPORT`).
+JSON lines report of the measured figures (`SELSERVE_FAULT_REPORT`). Fault modules import
+it as `faults.helpers`; it holds no fixtures and no pytest hooks.
 
 A scenario runs once per backend in a module-scoped fixture and returns what it saw plus
 a `Health`; its tests then each assert one thing about that. Every loop here is bounded in
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from conftest import RawClient, ServerProcess
+from helpers import RawClient, ServerProcess
 
 ANSWER_WITHIN = 1.0  # seconds: GET / must be answered this fast, during and after
 CPU_IDLE_LIMIT = 0.2  # CPU seconds the server may use in the 1 s window after a scenario
@@ -123,12 +124,14 @@ def check_health(
     probes_during: list[tuple[float, int | str]] | None = None,
     rss_peak: int = 0,
     rss_bound: int = DEFAULT_RSS_BOUND,
+    after_probes: int = AFTER_PROBES,
     extra: dict | None = None,
 ) -> Health:
-    """After a scenario: fresh GET / probes, fds back to baseline (polled), CPU used over a
-    1 s window, RSS growth (the peak seen during the scenario counts). Writes the figures
-    to the report file when SELSERVE_FAULT_REPORT names one (`extra` goes with them)."""
-    after = [proc.timed_get(timeout=5) for _ in range(AFTER_PROBES)]
+    """After a scenario: `after_probes` fresh GET / probes, fds back to baseline (polled),
+    CPU used over a 1 s window, RSS growth (the peak seen during the scenario counts).
+    Writes the figures to the report file when SELSERVE_FAULT_REPORT names one (`extra`
+    goes with them)."""
+    after = [proc.timed_get(timeout=5) for _ in range(after_probes)]
     alive = proc.alive()
     fd_after, cpu, rss_delta = -1, -1.0, -1
     if alive:
