@@ -6,7 +6,8 @@ event loop once the whole request (head and body) has arrived, so it must not
 block; WSGI applications get their own adapter (`wsgi.py`) on top of this.
 A `Response` body is bytes, a `FileBody` (sent with sendfile), or any other
 iterable of bytes (streamed: chunked on HTTP/1.1 unless the app gives a
-Content-Length; its `close()` is called on every path).
+Content-Length; its `close()` is called on every path).  An application may
+also answer from a request's head (`on_head`, see `selserve.dispatch`).
 """
 
 from __future__ import annotations
@@ -126,3 +127,27 @@ class Response:
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"
+
+
+_INTERNAL_ERROR_HEADERS = (("Content-Type", "text/plain; charset=utf-8"),)
+_INTERNAL_ERROR_BODY = b"500 Internal Server Error\n"
+
+
+def internal_error(detail: str | None = None) -> Response:
+    """The 500 answer for an application that failed before its answer started
+    (`detail`, a traceback, only when the operator asked to show it)."""
+    body = _INTERNAL_ERROR_BODY
+    if detail:
+        body += b"\n" + detail.encode("utf-8", "replace")
+    return Response(500, list(_INTERNAL_ERROR_HEADERS), body)
+
+
+def close_body(body, log) -> None:
+    """Call `body.close()` if it has one (PEP 3333 and FileBody require it on every
+    path): what it raises is the application's bug, logged to `log`, never ours."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("error closing the response body %r", body)

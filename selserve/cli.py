@@ -18,7 +18,8 @@ import typing
 
 from . import backends
 from .config import Config, settings
-from .server import BindError, Server, as_native, raise_open_file_limit
+from .dispatch import as_native
+from .server import BindError, Server, raise_open_file_limit
 
 USAGE_ERROR = 2
 

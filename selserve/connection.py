@@ -1,56 +1,56 @@
-"""One client connection: socket + request parser + write buffer + response producer.
+"""One client connection: bytes between a transport and its HTTP exchange.
 
-A connection moves through READING (a request head or body is arriving),
-RESPONDING (its answer is being written), and back to READING for the next
-keep-alive request, or to LINGERING/closed.  Requests are answered one at a
-time and in order; pipelined requests wait in the parser meanwhile, and the
-socket is not read while a response is in progress, which bounds what a
-client can make us buffer.
+A `Connection` moves bytes and nothing else.  What they mean is its
+`ServerExchange`'s business (sans I/O, `http/exchange.py`); who answers a
+request is `Dispatch`'s (`dispatch.py`).  The connection reads from its
+transport into the exchange, hands each request to dispatch, writes answers
+through its bounded `WriteBuffer`, pulls a streamed body only while the buffer
+has room, keeps the one record of what the loop watches for it, and runs one
+timer for whichever deadline applies.  It sees its server only through a
+narrow `ConnectionContext`.
 
 Every way a connection ends goes through `close(reason)`: unwatch, close the
-socket, cancel the timer, close the response iterable, free the server's slot.
-A failing send or recv is ordinary client behaviour (EPIPE, ECONNRESET, ...):
-it is counted under its reason and logged at debug, never as a traceback.
+transport, cancel the timer, release the bodies, free the slot (the last in a
+`finally`: a connection that never gives its slot back would, at the cap,
+stop the whole server).  A failing send or recv is ordinary client behaviour
+(EPIPE, ECONNRESET, ...): counted under its reason and logged at debug, never
+as a traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Callable
 
-from . import app as native
-from .app import Request  # what this connection's parser makes of each request head
+from .app import FileBody, Request, Response, close_body, internal_error
 from .backends import READABLE, WRITABLE
-from .body import RequestBody
 from .buffer import WriteBuffer
-from .http import response as wire
-from .http.errors import HTTPError
-from .http.parser import CLOSED, NEED_DATA, Data, EndOfMessage, RequestParser
+from .http.exchange import (
+    APP,
+    BODY,
+    CLOSED,
+    HEAD,
+    IDLE,
+    NEED_DATA,
+    READY,
+    REFUSED,
+    SENDING,
+    ExchangeSettings,
+    ServerExchange,
+)
+from .http.response import UNANNOUNCED
+from .transport import Transport
 from .workers import WAIT
 
-if TYPE_CHECKING:
-    from .server import Server
-
 log = logging.getLogger("selserve")
-
-READING, RESPONDING, LINGERING, CLOSED_STATE = "reading", "responding", "lingering", "closed"
 
 # Timeout reasons (also close reasons).
 HEADER_TIMEOUT = "header-timeout"
 BODY_TIMEOUT = "body-timeout"
 WRITE_TIMEOUT = "write-timeout"
 KEEPALIVE_TIMEOUT = "keepalive-timeout"
-
-# Bytes asked of recv() at once.
-READ_SIZE = 64 * 1024
-# A streamed body may put this many bytes in the buffer per turn before other
-# connections get theirs (fairness against a fast client and an eager producer).
-PRODUCE_BUDGET = 1024 * 1024
-# After a refused request, how long we keep reading and discarding the client's
-# input so that closing does not reset the connection before our answer arrives.
-LINGER_TIMEOUT = 2.0
-LINGER_READS = 16
 
 # Close reasons: shared by the counters and the debug log.
 PEER_CLOSED = "peer-closed"
@@ -62,345 +62,339 @@ INTERNAL_ERROR = "internal-error"
 SHUTDOWN = "shutdown"
 RECLAIMED = "reclaimed"  # idle, closed to make room for a new client at the cap
 
+# Bytes asked of recv() at once.
+READ_SIZE = 64 * 1024
+# A streamed body may put this many bytes in the buffer per turn before other
+# connections get theirs (fairness against a fast client and an eager producer).
+PRODUCE_BUDGET = 1024 * 1024
+# After an answer that leaves input unread (a refusal, an answer from the head),
+# how long we keep reading and dropping it so that closing does not reset the
+# connection before our answer arrives.
+LINGER_TIMEOUT = 2.0
+LINGER_READS = 16
 
-def _app_failed() -> native.Response:
-    return native.Response(
-        500, [("Content-Type", "text/plain; charset=utf-8")], b"500 Internal Server Error\n"
+# What the connection is doing with its transport.
+OPEN, LINGERING, CLOSED_IO = "open", "lingering", "closed"
+
+
+class ConnectionContext:
+    """What a connection may know of its server: settings, shared registries and the
+    few things it reports.  The server fills it in and keeps it current."""
+
+    __slots__ = (
+        "loop",
+        "settings",
+        "dispatch",
+        "header_timeout",
+        "body_timeout",
+        "write_timeout",
+        "keepalive_timeout",
+        "high_water",
+        "low_water",
+        "idle",
+        "accepting",
+        "access_log",
+        "debug",
+        "counters",
+        "requests",
+        "closed",
+        "became_idle",
+        "body_store_failed",
     )
+
+    def __init__(
+        self,
+        *,
+        loop,
+        settings: ExchangeSettings,
+        dispatch,
+        closed: Callable[[Connection, str], None],
+        became_idle: Callable[[], None],
+        body_store_failed: Callable[[OSError], None],
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        write_timeout: float = 30.0,
+        keepalive_timeout: float = 5.0,
+        high_water: int = 256 * 1024,
+        low_water: int = 64 * 1024,
+        access_log=None,
+        debug: bool = False,
+    ) -> None:
+        self.loop = loop
+        self.settings = settings  # shared by every connection's exchange
+        self.dispatch = dispatch
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.write_timeout = write_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.high_water = high_water
+        self.low_water = low_water
+        # Connections with no request in progress, oldest-idle first (dicts keep
+        # insertion order), with the loop time each went idle: reclaimable at the cap.
+        self.idle: dict[Connection, float] = {}
+        self.accepting = False  # False while the server is not accepting (at the cap, say)
+        self.access_log = access_log
+        self.debug = debug
+        self.counters: Counter[str] = Counter()
+        self.requests = 0
+        self.closed = closed  # (connection, reason): the connection has ended
+        self.became_idle = became_idle  # a connection went idle while accepting is paused
+        self.body_store_failed = body_store_failed  # (OSError): a spill file failed
 
 
 class Connection:
+    """One client (see the module docstring); also dispatch's `Handle` for it."""
+
     __slots__ = (
-        "server",
+        "context",
         "loop",
-        "sock",
+        "transport",
         "fd",
         "peer",
-        "parser",
+        "local",
+        "exchange",
         "out",
-        "state",
+        "io_state",
+        "watching",
         "timer",
         "timeout_reason",
-        "head",
-        "body",
-        "local",
-        "head_started",
-        "keep_alive",
         "producer",
-        "closeable",
-        "chunked",
-        "remaining",
-        "watching",
-        "linger",
-        "in_app",
         "producer_waiting",
-        "app_failed",
+        "closeable",
         "response_mark",
         "status",
         "bytes_in",
     )
 
-    def __init__(self, server: Server, sock: socket.socket, peer, local=None) -> None:
-        config = server.config
-        self.server = server
-        self.loop = server.loop
-        self.sock = sock
-        self.fd = sock.fileno()
+    def __init__(self, context: ConnectionContext, transport: Transport, peer, local=None):
+        loop = context.loop
+        self.context = context
+        self.loop = loop
+        self.transport = transport
+        self.fd = transport.fileno()
         self.peer = peer
         self.local = local
-        self.parser = RequestParser(**server.parser_limits, request_class=Request)
-        self.out = WriteBuffer(config.high_water, config.low_water)
-        self.state = READING
-        self.head: Request | None = None
-        self.body: RequestBody | None = None  # made for the first request with a body
-        self.head_started = False
-        self.keep_alive = True
+        self.exchange = ServerExchange(
+            context.settings, request_class=Request, peer=peer, local=local
+        )
+        self.out = WriteBuffer(context.high_water, context.low_water)
+        self.io_state = OPEN
         self.producer = None  # iterator of a streamed body, while one is being pulled
-        self.closeable = None  # the body object whose close() we owe the application
-        self.chunked = False
-        self.remaining: int | None = None  # bytes a streamed body still owes its Content-Length
-        self.linger = False  # after a refusal the client may still be sending
-        self.in_app = False  # a worker thread is running the app for this connection
         self.producer_waiting = False  # a threaded body has nothing yet; resume() follows
-        self.app_failed = False  # the body iterator raised; _pump decides what follows
+        self.closeable = None  # the response body whose close() we owe the application
         self.response_mark = 0  # bytes_sent + pending when this response began
         self.status = 0  # of the response in progress, for the access log
         self.bytes_in = 0
-        self.timeout_reason = HEADER_TIMEOUT
-        self.timer = self.loop.call_later(config.header_timeout, self.on_timeout)
-        self.watching = READABLE
-        self.loop.watch(self.fd, self, READABLE)
-        server.idle[self] = self.loop.now  # silent so far: reclaimable at the cap
+        self.timeout_reason = HEADER_TIMEOUT  # counted from accept for a new connection
+        self.timer = loop.call_later(context.header_timeout, self.on_timeout)
+        self.watching = READABLE  # the one record of what the loop watches for us
+        loop.watch(self.fd, self, READABLE)
+        context.idle[self] = loop.now  # silent so far: reclaimable at the cap
 
     def __repr__(self) -> str:
-        return f"<Connection fd={self.fd} {self.peer!r} {self.state}>"
+        return f"<Connection fd={self.fd} {self.peer!r} {self.exchange.state}>"
 
-    # -- readiness ----------------------------------------------------------
+    # -- readiness ----------------------------------------------------------------
 
     def on_readable(self) -> None:
-        if self.state is LINGERING:
+        if self.io_state is LINGERING:
             self._discard_input()
             return
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = self.transport.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self.close(RECV_ERROR, exc)
             return
+        exchange = self.exchange
         if data:
             self.bytes_in += len(data)
-            if not self.head_started:
-                self.head_started = True
-                self.server.idle.pop(self, None)
-            self.parser.feed(data)
+            if exchange.state is IDLE:
+                self.context.idle.pop(self, None)  # a request is arriving
+            exchange.receive(data)
         else:
-            self.parser.feed_eof()
+            exchange.receive_eof()
         self._advance()
-        if (
-            self.head_started
-            and self.head is None
-            and self.state is READING
-            and self.timeout_reason is not HEADER_TIMEOUT
-        ):
-            # A head has begun and is not complete: from now on it has
-            # header_timeout to finish, counted from its first byte (from
-            # accept for a new connection) and not extended by each trickled
-            # byte (slowloris).
-            self._arm(self.server.config.header_timeout, HEADER_TIMEOUT)
 
     def on_writable(self) -> None:
-        if self.state is RESPONDING:
+        if self.exchange.state is SENDING:
             self._pump()
-            if self.state is READING:
+            if self.exchange.state is IDLE and self.io_state is OPEN:
                 self._advance()  # the answer is out: serve pipelined requests
-        elif self.state is READING:
-            # Only an interim answer (100 Continue) was left over.
-            try:
-                drained = self.out.flush(self.sock)
-            except OSError as exc:
-                self.close(SEND_ERROR, exc)
-                return
-            if drained:
-                self._watch(READABLE)
+            return
+        # Only an interim answer (100 Continue) was left over.
+        try:
+            drained = self.out.flush(self.transport)
+        except OSError as exc:
+            self.close(SEND_ERROR, exc)
+            return
+        if drained:
+            self._watch(READABLE)
 
     def on_timeout(self) -> None:
         reason = self.timeout_reason
-        if reason == HEADER_TIMEOUT and self.head_started and self.state is READING:
-            self._try_send_now(wire.error_response(408, "request head too slow", self.server.fixed))
+        if reason is HEADER_TIMEOUT and self.exchange.head_started:
+            self._try_send_now(self.exchange.refuse(408, "request head too slow"))
         self.close(reason)
 
     def on_error(self, exc: BaseException) -> None:
         self.close(INTERNAL_ERROR, exc)
 
-    # -- reading requests -----------------------------------------------------
+    # -- requests -----------------------------------------------------------------
 
     def _advance(self) -> None:
         """Turn buffered bytes into requests and answers until we must wait."""
-        parser = self.parser
-        while self.state is READING:
-            try:
-                event = parser.next_event()
-            except HTTPError as exc:
-                self._refuse(exc)
-                return
-            kind = type(event)
-            if kind is Request:
-                self.head = event
-                if event.chunked or event.content_length:
-                    if not self._answer_from_head(event):
-                        self._start_body(event)
-                    continue
-                parser.next_event()  # its EndOfMessage: without a body, the head is all
-                self._respond()
-                if self.state is READING and not self.head_started:
-                    return  # answered, and nothing of another request has arrived
-            elif kind is EndOfMessage:
-                self._respond()
-            elif event is NEED_DATA:
-                return
-            elif kind is Data:
-                try:
-                    self.body.append(event.data)
-                except OSError as exc:
-                    self._body_not_stored(exc)
+        exchange = self.exchange
+        context = self.context
+        while True:
+            event = exchange.next_event()
+            if event is READY:
+                context.requests += 1
+                response = context.dispatch.dispatch(exchange.request, self)
+                if response is None:  # a worker will answer
+                    self._wait_for_app()
                     return
-                self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
+                self._send_answer(response)
+                if exchange.state is not IDLE:
+                    return  # the answer is still going out, or the connection is closing
+                if self.timeout_reason is KEEPALIVE_TIMEOUT:
+                    return  # answered, and nothing of another request is here (see below)
+            elif event is NEED_DATA:
+                if exchange.state is BODY:
+                    self._arm(context.body_timeout, BODY_TIMEOUT)  # progress
+                elif self.timeout_reason is not HEADER_TIMEOUT and exchange.parser.buffered:
+                    # A head has begun: it has header_timeout from its first byte (from
+                    # accept for a new connection), not extended by each trickled byte.
+                    self._arm(context.header_timeout, HEADER_TIMEOUT)
+                return
+            elif event is HEAD:
+                self._head_arrived()
+            elif event is REFUSED:
+                self._refused()
+                return
             elif event is CLOSED:
                 self.close(PEER_CLOSED)
                 return
 
-    def _answer_from_head(self, head: Request) -> bool:
-        """Let the server or the app answer a request with a body before the body is
-        read (a 405, a static file): then the body is never stored and no 100 Continue
-        goes out.  The connection closes after the answer, dropping the unread body
-        while it lingers.  True if answered."""
-        try:
-            response = self.server.answer_from_head(head.arrived(b"", self.peer, self.local))
-        except Exception:
-            log.exception(
-                "application error answering %s %s from its head", head.method, head.target
-            )
-            response = _app_failed()
-        if response is None:
-            return False
-        self.server.requests += 1
-        head.keep_alive = False  # the body is still on its way: close once answered
-        self.linger = True
-        self._answer(response)
-        return True
-
-    def _start_body(self, head: Request) -> None:
-        if self.body is None:
-            server = self.server
-            self.body = RequestBody(server.config.body_spill_threshold, server.open_spill_file)
-        self._arm(self.server.config.body_timeout, BODY_TIMEOUT)
-        if head.expect_continue:
-            # RFC 9110 §10.1.1: the client waits for this before sending the body.
-            self._try_send_now(wire.CONTINUE)
-
-    def _body_not_stored(self, exc: OSError) -> None:
-        """The spill file failed (a full disk): refuse the request, keep the server going."""
-        self.body.discard()
-        self.server.body_store_failed(exc)
-        self._refuse(HTTPError(503, "request body could not be stored"))
-
-    # -- answering ------------------------------------------------------------
-
-    def _respond(self) -> None:
-        head = self.head
-        server = self.server
-        server.requests += 1
-        if head.path == server.stats_path and head.method in ("GET", "HEAD"):
-            self._start_response(server.stats_response())
+    def _head_arrived(self) -> None:
+        """A request with a body: answer it from its head if dispatch can (its body is
+        then never stored), else read the body."""
+        context = self.context
+        exchange = self.exchange
+        answer = context.dispatch.answer_from_head(exchange.request)
+        if answer is not None:
+            context.requests += 1
+            self._send_answer(answer)
             return
-        body = self.body
-        if body is not None and (body.size or body.spilled):
-            try:
-                body = body.take()
-            except OSError as exc:
-                self._body_not_stored(exc)
-                return
-        else:
-            body = b""
-        request = head.arrived(body, self.peer, self.local)
-        pool = server.pool
-        if pool is not None:
-            # Until the worker answers, neither read (pipelined input would pile
-            # up) nor time out: how long an app runs is the app's business.
-            self.state = RESPONDING
-            self.in_app = True
-            self._watch(0)
-            self.timer.cancel()
-            pool.submit(self.server.app, request, self)
+        interim = exchange.read_body()
+        if interim:
+            self._try_send_now(interim)
+
+    def _wait_for_app(self) -> None:
+        # The app runs on a worker: until it answers, neither read (pipelined input
+        # would pile up) nor time out (how long an app runs is the app's business).
+        self._watch(0)
+        self.timer.cancel()
+
+    def _refused(self) -> None:
+        exchange = self.exchange
+        context = self.context
+        context.counters[f"http-{exchange.refusal_status}"] += 1
+        if exchange.store_error is not None:
+            context.body_store_failed(exchange.store_error)
+            exchange.store_error = None
+        if context.debug:
+            log.debug("%r: refused with %d", self, exchange.refusal_status)
+        self.status = exchange.refusal_status
+        self.response_mark = self.out.bytes_sent + self.out.size
+        self.out.append(exchange.refusal)
+        self._pump()
+
+    # -- answers (dispatch's Handle) -----------------------------------------------
+
+    def respond(self, response: Response) -> None:
+        """A worker's answer to the request being answered (in the loop's thread)."""
+        if self.io_state is OPEN:
+            self._send_answer(response)
             return
-        try:
-            response = server.app(request)
-        except Exception:
-            log.exception("application error on %s %s", head.method, head.target)
-            response = None
-        if type(response) is native.Response:
-            self._start_response(response)
-        else:
-            self._answer(response)
+        # The client left while the app ran: let go of what the app handed over.
+        body = response.body
+        if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+            close_body(body, log)
+        self.exchange.close()  # the request body is no longer the app's to read
 
-    def app_returned(self, response) -> None:
-        """A worker's result, delivered in the loop."""
-        self.in_app = False
-        if self.state is CLOSED_STATE:
-            # The client left while the app ran: release what the app handed us.
-            body = getattr(response, "body", None)
-            if body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
-                self.closeable = body
-                self._release_body()
-            self._discard_request_body()
-            return
-        self.state = READING  # _answer takes it from here, as for an inline app
-        self._answer(response)
-        if self.state is READING:
-            self._advance()
-
-    def resume(self) -> None:
-        """A threaded body has more to send (called in the loop)."""
-        if self.state is RESPONDING and self.producer_waiting:
-            self.producer_waiting = False
-            self._pump()
-            if self.state is READING:
-                self._advance()
-
-    def _answer(self, response) -> None:
-        if not isinstance(response, native.Response):
-            if response is not None:
-                log.error("application returned %r, not a Response", type(response).__name__)
-            response = _app_failed()  # nothing was sent: the connection stays usable
-        self._start_response(response)
-
-    def _start_response(self, response: native.Response) -> None:
-        head = self.head
+    def _send_answer(self, response: Response) -> None:
         body = response.body
         if type(body) is bytes or isinstance(body, (bytearray, memoryview)):
             length = len(body)
-        elif body is None:  # no content: for HEAD, of a length only GET would tell
-            length = wire.UNANNOUNCED if head.method == "HEAD" else 0
+            closeable = None
+        elif body is None:  # no content; for HEAD, of a length only GET would tell
+            length = UNANNOUNCED if self.exchange.request.method == "HEAD" else 0
             body = b""
-        elif isinstance(body, native.FileBody):
+            closeable = None
+        elif isinstance(body, FileBody):
             length = body.count
-            self.closeable = body
+            closeable = body
         else:
             length = None
-            self.closeable = body
-        server = self.server
-        out = self.out
-        self.response_mark = out.bytes_sent + out.size
-        self.status = response.status
+            closeable = body
         try:
-            data, content_length, chunked, keep_alive, has_body = wire.build_head(
+            data = self.exchange.respond(
                 response.status,
                 response.headers,
-                method=head.method,
-                http11=head.version == "HTTP/1.1",
-                keep_alive=head.keep_alive and not server.stopping,
-                body_length=length,
-                fixed=server.fixed,
-                date=server.date,
-                body=body if length and self.closeable is None else b"",
-                reason=response.reason,
+                length,
+                body if closeable is None and length else b"",
+                response.reason,
             )
-        except (wire.InvalidHeader, TypeError, ValueError) as exc:
-            log.error("invalid response from the application for %s: %s", head.target, exc)
-            self._release_body()
-            self._start_response(_app_failed())
+        except (ValueError, TypeError) as exc:  # InvalidHeader is a ValueError
+            log.error("invalid response for %s: %s", self.exchange.request.target, exc)
+            if closeable is not None:
+                close_body(closeable, log)
+            self._send_answer(internal_error())
             return
-        self.keep_alive = keep_alive
-        self.state = RESPONDING
-        if self.closeable is None:  # bytes, already joined to the head
-            # Optimistic: most answers fit in the socket buffer at once, and then
-            # no buffering, no writability watch and no flush are involved.
+        out = self.out
+        self.status = response.status
+        self.response_mark = out.bytes_sent + out.size
+        self.closeable = closeable
+        if closeable is None:  # the whole answer is in `data`
+            # Optimistic: most answers fit in the socket buffer at once, and then no
+            # buffering, no writability watch and no flush are involved.
             try:
-                if out.write(self.sock, data):
+                if out.write(self.transport, data):
                     self._response_complete()
                     return
             except OSError as exc:
                 self.close(SEND_ERROR, exc)
                 return
-        elif length is not None:  # a file
-            out.append(data)
-            if has_body:
-                out.append_file(body.fileobj, body.offset, body.count)
         else:
             out.append(data)
-            if has_body:
-                try:
-                    self.producer = iter(body)
-                except TypeError as exc:
-                    log.error("response body of %s is not iterable: %s", head.target, exc)
-                    self._release_body()
-                    out.truncate(self.response_mark - out.bytes_sent)
-                    self._start_response(_app_failed())
+            if self.exchange.body_follows:
+                if length is not None:
+                    out.append_file(body.fileobj, body.offset, body.count)
+                elif not self._start_producer(body):
                     return
-                self.chunked = chunked
-                self.remaining = content_length
         self._pump()
+
+    def _start_producer(self, body) -> bool:
+        try:
+            self.producer = iter(body)
+        except TypeError as exc:
+            log.error("response body of %s is not iterable: %s", self.exchange.request.target, exc)
+            self._answer_failed()
+            return False
+        return True
+
+    def resume(self) -> None:
+        """Carry on after a worker's news (in the loop): pull more of a threaded body,
+        or, once an answer is out, serve the next pipelined request."""
+        if self.io_state is not OPEN:
+            return
+        if self.producer_waiting:
+            self.producer_waiting = False
+            self._pump()
+        if self.exchange.state is IDLE and self.io_state is OPEN:
+            self._advance()
 
     def _pump(self) -> None:
         """Fill the buffer from the producer (below high water) and flush it."""
@@ -412,18 +406,19 @@ class Connection:
                 and out.size <= out.low_water
                 and not self.producer_waiting
             ):
-                produced += self._produce()
-                if self.app_failed:
-                    self._recover_from_app_failure()
+                added = self._produce()
+                if added < 0:  # the body raised
+                    self._answer_failed()
                     return
+                produced += added
             try:
-                drained = out.flush(self.sock)
+                drained = out.flush(self.transport)
             except (OSError, EOFError) as exc:
                 self.close(SEND_ERROR, exc)
                 return
             if not drained:
                 self._watch(WRITABLE)
-                self._arm(self.server.config.write_timeout, WRITE_TIMEOUT)
+                self._arm(self.context.write_timeout, WRITE_TIMEOUT)
                 return
             if self.producer is None:
                 self._response_complete()
@@ -436,13 +431,14 @@ class Connection:
                 # The socket would take more, but others deserve a turn; being
                 # writable, we are called again on the next turn.
                 self._watch(WRITABLE)
-                self._arm(self.server.config.write_timeout, WRITE_TIMEOUT)
+                self._arm(self.context.write_timeout, WRITE_TIMEOUT)
                 return
 
     def _produce(self) -> int:
-        """Pull body pieces until high water; returns the bytes added."""
+        """Pull body pieces until high water; the bytes added, or -1 if the body raised."""
         out = self.out
         producer = self.producer
+        writer = self.exchange.writer
         added = 0
         while out.size < out.high_water:
             try:
@@ -451,132 +447,95 @@ class Connection:
                 self._end_of_body()
                 return added
             except Exception:
-                log.exception("application error while streaming %s", self.head.target)
-                self.producer = None
-                self._release_body()
-                self.app_failed = True
-                return added
+                log.exception("application error while streaming %s", self.exchange.request.target)
+                return -1
             if not piece:
                 continue
             if piece is WAIT:
                 self.producer_waiting = True
                 return added
-            if self.remaining is not None:
-                if len(piece) > self.remaining:
-                    log.error("%s: body longer than its Content-Length", self.head.target)
-                    piece = piece[: self.remaining]
-                    self.keep_alive = False
-                self.remaining -= len(piece)
-            if self.chunked:
-                out.append(wire.chunk(piece))
-            else:
-                out.append(piece)
+            out.append(writer(piece))
             added += len(piece)
-            if self.remaining == 0:
+            if writer.done:  # its Content-Length is reached: what follows is not sent
                 self._end_of_body()
                 return added
         return added
 
-    def _recover_from_app_failure(self) -> None:
-        """The body raised: answer 500 if none of this response left yet, else close."""
-        self.app_failed = False
+    def _end_of_body(self) -> None:
+        self.producer = None
+        self.out.append(self.exchange.finish_body())
+        problem = self.exchange.writer.problem
+        if problem is not None:
+            log.error("%s: %s", self.exchange.request.target, problem)
+        self._release_body()
+
+    def _answer_failed(self) -> None:
+        """The body failed: answer 500 if none of this response left yet, else close."""
+        self.producer = None
+        self._release_body()
         out = self.out
         if out.bytes_sent > self.response_mark:
             self.close(APP_ERROR)  # the client has part of an answer: only closing ends it
             return
         out.truncate(self.response_mark - out.bytes_sent)
-        self.chunked = False
-        self.remaining = None
-        self._start_response(_app_failed())
-
-    def _end_of_body(self) -> None:
-        self.producer = None
-        if self.chunked:
-            self.out.append(wire.LAST_CHUNK)
-            self.chunked = False
-        elif self.remaining:
-            # Shorter than promised: only closing tells the client it is incomplete.
-            log.error("%s: body shorter than its Content-Length", self.head.target)
-            self.keep_alive = False
-        self.remaining = None
-        self._release_body()
+        self.exchange.abandon()
+        self._send_answer(internal_error())
 
     def _response_complete(self) -> None:
         if self.closeable is not None:
             self._release_body()
-        if self.body is not None:
-            self.body.discard()
-        server = self.server
-        if server.access_log is not None:
-            server.access_log.write(
-                self.peer, self.head, self.status, self.out.bytes_sent - self.response_mark
-            )
-        self.head = None
-        if not self.keep_alive or server.stopping:
+        context = self.context
+        exchange = self.exchange
+        if context.access_log is not None:
+            sent = self.out.bytes_sent - self.response_mark
+            context.access_log.write(self.peer, exchange.request, self.status, sent)
+        if not exchange.response_sent():
             self._close_after_response()
             return
-        self.state = READING
-        parser = self.parser
-        parser.start_next_request()
         if self.watching != READABLE:
             self._watch(READABLE)
         now = self.loop.now
-        if parser.buffered:
-            self.head_started = True  # a pipelined request is already arriving
-            self._arm(server.config.header_timeout, HEADER_TIMEOUT)
-        else:
-            self.head_started = False
-            server.idle[self] = now
-            if not server.accepting:
-                server.became_idle()  # a client may be waiting at the cap
+        if exchange.parser.buffered:  # a pipelined request is already arriving
+            self._arm(context.header_timeout, HEADER_TIMEOUT)
+        else:  # (KEEPALIVE_TIMEOUT is how _advance knows nothing more is here)
+            context.idle[self] = now
+            if not context.accepting:
+                context.became_idle()  # a client may be waiting at the cap
             self.timeout_reason = KEEPALIVE_TIMEOUT
-            self.timer.reschedule(now + server.keepalive_timeout)
-
-    def _refuse(self, exc: HTTPError) -> None:
-        """Answer a request we cannot parse or accept, then close."""
-        self.server.count(f"http-{exc.status}")
-        log.debug("%r: refused with %d: %s", self, exc.status, exc.detail)
-        self.head = None
-        self.linger = True
-        self.keep_alive = False  # a small error page, then close once it is sent
-        self.state = RESPONDING
-        self.status = exc.status
-        self.response_mark = self.out.bytes_sent + self.out.size
-        self.out.append(wire.error_response(exc.status, exc.detail, self.server.fixed))
-        self._pump()
+            self.timer.reschedule(now + context.keepalive_timeout)
 
     def _try_send_now(self, data: bytes) -> None:
         """Send interim or last-gasp bytes: now if the socket takes them, else queued."""
         try:
-            if self.out.write(self.sock, data):
+            if self.out.write(self.transport, data):
                 return
         except OSError:
             return  # the read side will see the failure
-        if self.state is not RESPONDING:
+        if self.exchange.state is not SENDING:
             self._watch(READABLE | WRITABLE)
 
-    # -- ending ---------------------------------------------------------------
+    # -- ending -------------------------------------------------------------------
 
     def _close_after_response(self) -> None:
-        if not self.linger and not self.parser.buffered:
+        if not self.exchange.linger:
             self.close(DONE)
             return
-        # The client may still be sending (a refused body, pipelined requests):
-        # stop writing, read and drop its input for a while, then close, so the
-        # kernel does not answer that input with a reset that destroys our reply.
+        # The client may still be sending (a refused body, pipelined requests): stop
+        # writing, read and drop its input for a while, then close, so the kernel does
+        # not answer that input with a reset that destroys our answer.
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            self.transport.shutdown(socket.SHUT_WR)
         except OSError as exc:
             self.close(SEND_ERROR, exc)
             return
-        self.state = LINGERING
+        self.io_state = LINGERING
         self._watch(READABLE)
         self._arm(LINGER_TIMEOUT, DONE)
 
     def _discard_input(self) -> None:
         for _ in range(LINGER_READS):
             try:
-                data = self.sock.recv(READ_SIZE)
+                data = self.transport.recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -586,63 +545,51 @@ class Connection:
         self.close(DONE)
 
     def close(self, reason: str, exc: BaseException | None = None) -> None:
-        """The one way out: unwatch, close, cancel the timer, release the bodies, free the slot.
-
-        Idempotent, and the slot is freed whatever fails on the way (a log that
-        cannot be written, an app's close() that raises): a connection that
-        never gives its slot back would, at the cap, stop the whole server.
-        """
-        if self.state is CLOSED_STATE:
+        """The one way out: unwatch, close, cancel the timer, release the bodies, free
+        the slot -- the last whatever fails before it.  Idempotent."""
+        if self.io_state is CLOSED_IO:
             return
-        self.state = CLOSED_STATE
+        self.io_state = CLOSED_IO
+        context = self.context
+        exchange = self.exchange
         try:
             try:
                 if self.loop.is_watching(self.fd):
                     self.loop.unwatch(self.fd)
             finally:
                 try:
-                    self.sock.close()
+                    self.transport.close()
                 except OSError:
                     pass
                 self.timer.cancel()
             self.producer = None
             self._release_body()
-            if not self.in_app:  # else the worker may still read it: app_returned drops it
-                self._discard_request_body()
-            access_log = self.server.access_log
-            if access_log is not None and self.status and self.head is not None:
+            request = exchange.request
+            if context.access_log is not None and self.status and request is not None:
                 # An answer cut short (client gone, timeout, app failure): log what was sent.
                 sent = self.out.bytes_sent - self.response_mark
-                access_log.write(self.peer, self.head, self.status, max(sent, 0))
-            if self.server.debug and reason not in (DONE, PEER_CLOSED):
+                context.access_log.write(self.peer, request, self.status, max(sent, 0))
+            if exchange.state is not APP:  # else a worker may still read the request body:
+                exchange.close()  # respond() lets it go when the app is done
+            if context.debug and reason is not DONE and reason is not PEER_CLOSED:
                 log.debug(
                     "connection %r closed: %s%s", self.peer, reason, f" ({exc})" if exc else ""
                 )
         finally:
             self.out.clear()
-            self.server.connection_closed(self, reason)
+            context.closed(self, reason)
 
     def _release_body(self) -> None:
         """Call close() on the response body, once, as PEP 3333 and FileBody require."""
         closeable = self.closeable
-        if closeable is None:
-            return
-        self.closeable = None
-        close = getattr(closeable, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.exception("error closing the response body of %r", self)
+        if closeable is not None:
+            self.closeable = None
+            close_body(closeable, log)
 
-    def _discard_request_body(self) -> None:
-        if self.body is not None:
-            self.body.discard()
-
-    # -- helpers --------------------------------------------------------------
+    # -- helpers ------------------------------------------------------------------
 
     def _watch(self, events: int) -> None:
-        """Watch the socket for `events`; 0 stops watching it altogether."""
+        """Watch the transport for `events`; 0 stops watching it altogether."""
         if self.watching == events:
             return
         if not events:
@@ -660,4 +607,6 @@ class Connection:
     @property
     def idle(self) -> bool:
         """Waiting for a request with nothing of it received: safe to close at shutdown."""
-        return self.state is READING and self.head is None and not self.head_started
+        return (
+            self.io_state is OPEN and self.exchange.state is IDLE and not self.exchange.head_started
+        )

@@ -30,13 +30,16 @@ from collections.abc import Callable
 
 from . import backends
 from .accesslog import AccessLog, clf_time
-from .app import Response, is_native
+from .app import Request, Response
 from .backends import READABLE
 from .config import Config
-from .connection import INTERNAL_ERROR, RECLAIMED, SHUTDOWN, Connection
+from .connection import INTERNAL_ERROR, RECLAIMED, SHUTDOWN, Connection, ConnectionContext
+from .dispatch import Dispatch, as_native
 from .http import response as wire
+from .http.exchange import ExchangeSettings
 from .loop import EventLoop
 from .notices import ThrottledWarning
+from .transport import prepare_socket
 from .workers import WorkerPool
 
 log = logging.getLogger("selserve")
@@ -70,11 +73,6 @@ _ACCEPT_SKIP = frozenset(
         "EPERM",  # a firewall rule refused the connection
     )
     if hasattr(errno, name)
-)
-# An answer for a connection we cannot take (the backend cannot watch its fd).
-_UNAVAILABLE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 20\r\nConnection: close\r\n\r\nserver at capacity.\n"
 )
 
 
@@ -186,53 +184,69 @@ class Server:
 
     def __init__(self, app: Callable, config: Config | None = None, **settings) -> None:
         self.app = app
-        self.config = config if config is not None else Config(**settings)
-        self.backend = backends.create(self.config.backend)
+        self.config = config = config if config is not None else Config(**settings)
+        self.backend = backends.create(config.backend)
         self.loop = EventLoop(self.backend)
         self.connections: set[Connection] = set()
-        # Connections with no request in progress, oldest-idle first (dicts keep
-        # insertion order): the ones closed to make room at the cap.
-        self.idle: dict[Connection, float] = {}  # -> when it went idle (loop clock)
         self.listeners: list[Listener] = []
-        self.limit = self.config.connection_limit
-        self.parser_limits = {
-            "max_request_line": self.config.max_request_line,
-            "max_header_bytes": self.config.max_header_bytes,
-            "max_headers": self.config.max_headers,
-            "max_body_size": self.config.max_body_size,
-        }
+        self.limit = config.connection_limit
         self.pool = (
-            WorkerPool(self.loop, self.config.threads, self.config.high_water)
-            if self.config.threads
-            else None
+            WorkerPool(self.loop, config.threads, config.high_water) if config.threads else None
         )
-        self.stats_path = self.config.stats_path or None  # None never equals a path
-        self.keepalive_timeout = self.config.keepalive_timeout
-        self.access_log = AccessLog(self.config.access_log) if self.config.access_log else None
-        self.debug = log.isEnabledFor(logging.DEBUG)
+        routes = {}
+        if config.stats_path:
+            routes[config.stats_path] = self._stats_route
+        self.dispatch = Dispatch(app, pool=self.pool, routes=routes)
+        self.access_log = AccessLog(config.access_log) if config.access_log else None
+        self.settings = ExchangeSettings(
+            max_request_line=config.max_request_line,
+            max_header_bytes=config.max_header_bytes,
+            max_headers=config.max_headers,
+            max_body_size=config.max_body_size,
+            spill_threshold=config.body_spill_threshold,
+            open_spill_file=self.open_spill_file,
+        )
+        self.context = ConnectionContext(
+            loop=self.loop,
+            settings=self.settings,
+            dispatch=self.dispatch,
+            closed=self.connection_closed,
+            became_idle=self.became_idle,
+            body_store_failed=self.body_store_failed,
+            header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
+            write_timeout=config.write_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            high_water=config.high_water,
+            low_water=config.low_water,
+            access_log=self.access_log,
+            debug=log.isEnabledFor(logging.DEBUG),
+        )
+        # Connections with no request in progress, oldest-idle first: the ones closed
+        # to make room at the cap (shared with the connections, which keep it current).
+        self.idle = self.context.idle
+        self.counters = self.context.counters
         self.stopping = False
         self.started = time.time()
-        self.requests = 0
         self.bytes_in = 0  # of closed connections; live ones add theirs in stats()
         self.bytes_out = 0
-        self.counters: Counter[str] = Counter()
-        self.accepting = False
         self._reclaim_timer = None
         self._paused_until = 0.0
         self._accept_warning = ThrottledWarning(RESOURCE_WARNING_INTERVAL)
         self._disk_warning = ThrottledWarning(RESOURCE_WARNING_INTERVAL)
         self._warned_unwatchable = False
-        # The app's way to answer a request with a body before reading it (see
-        # `answer_from_head`).
-        self._app_on_head = getattr(app, "on_head", None)
         self._server_line = (
-            f"Server: {self.config.server_header}\r\n".encode("latin-1")
-            if self.config.server_header
-            else b""
+            f"Server: {config.server_header}\r\n".encode("latin-1") if config.server_header else b""
         )
-        self.fixed = b""  # the Date and Server lines every response carries
-        self.date = b""  # the Date line alone
         self._refresh_date()
+
+    @property
+    def accepting(self) -> bool:
+        return self.context.accepting
+
+    @property
+    def requests(self) -> int:
+        return self.context.requests
 
     # -- set-up ---------------------------------------------------------------
 
@@ -332,12 +346,7 @@ class Server:
             self._refuse_unwatchable(sock)
             return
         try:
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                # Send each response as soon as it is written: Nagle's algorithm with
-                # the client's delayed ACK would otherwise stall it by ~40 ms.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(self, sock, peer, local)
+            conn = Connection(self.context, prepare_socket(sock), peer, local)
         except Exception as exc:
             # A client gone already (EINVAL from setsockopt) or a bug: either way
             # this one socket is closed and accepting goes on.
@@ -373,7 +382,7 @@ class Server:
             log.debug("refused connection on unwatchable fd %d", fd)
         sock.setblocking(False)
         try:
-            sock.send(_UNAVAILABLE)
+            sock.send(wire.error_response(503, "server at capacity", self.settings.fixed))
         except OSError:
             pass
         sock.close()
@@ -393,20 +402,20 @@ class Server:
         self.loop.call_later(FD_EXHAUSTED_PAUSE, self._resume_accepting)
 
     def _pause_accepting(self) -> None:
-        if self.accepting:
-            self.accepting = False
+        if self.context.accepting:
+            self.context.accepting = False
             for listener in self.listeners:
                 self.loop.unwatch(listener.fd)
 
     def _resume_accepting(self) -> None:
-        if self.accepting or self.stopping:
+        if self.context.accepting or self.stopping:
             return
         if len(self.connections) >= self.limit and self._reclaimable() is None:
             self._retry_when_reclaimable()
             return
         if self.loop.now < self._paused_until:
             return  # an fd-exhaustion pause is still running; its timer resumes us
-        self.accepting = True
+        self.context.accepting = True
         for listener in self.listeners:
             self.loop.watch(listener.fd, listener, READABLE)
 
@@ -418,7 +427,7 @@ class Server:
         self.counters[reason] += 1
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.out.bytes_sent
-        if not self.accepting:
+        if not self.context.accepting:
             self._resume_accepting()
         if self.stopping and not self.connections:
             self.loop.stop()
@@ -432,15 +441,6 @@ class Server:
 
     def count(self, what: str) -> None:
         self.counters[what] += 1
-
-    def answer_from_head(self, request) -> Response | None:
-        """The answer to a request with a body that can be given before its body is
-        read (the server's own routes, or the app's `on_head`), or None to read it."""
-        if request.path == self.stats_path and request.method in ("GET", "HEAD"):
-            return self.stats_response()
-        if self._app_on_head is not None:
-            return self._app_on_head(request)
-        return None
 
     def open_spill_file(self):
         """A temporary file for a request body past --body-spill-threshold."""
@@ -477,6 +477,12 @@ class Server:
             events["access-log-lines-lost"] = self.access_log.lines_lost
         return events
 
+    def _stats_route(self, request: Request) -> Response | None:
+        """--stats-path: GET or HEAD; other methods go on to the app."""
+        if request.method == "GET" or request.method == "HEAD":
+            return self.stats_response()
+        return None
+
     def stats_response(self) -> Response:
         body = json.dumps(self.stats(), indent=1).encode("ascii")
         return Response(200, [("Content-Type", "application/json")], body)
@@ -486,8 +492,9 @@ class Server:
         # Refresh just after the next wall-clock second begins (armed first: whatever
         # happens below, the clock keeps ticking).
         self.loop.call_later(1.0 - (now % 1.0) + 0.001, self._refresh_date)
-        self.date = wire.date_line(now)
-        self.fixed = self.date + self._server_line
+        settings = self.settings
+        settings.date = wire.date_line(now)
+        settings.fixed = settings.date + self._server_line
         if self.access_log is not None:
             self.access_log.now = clf_time(now)
             self.access_log.flush()
@@ -499,6 +506,7 @@ class Server:
         if self.stopping:
             return
         self.stopping = True
+        self.settings.keep_alive = False  # every answer from now on closes its connection
         log.info("shutting down: %d connections open", len(self.connections))
         self._pause_accepting()
         for listener in self.listeners:
@@ -531,22 +539,6 @@ class Server:
             listener.close()
         self.listeners.clear()
         self.loop.close()
-
-
-def as_native(app: Callable, config: Config) -> Callable:
-    """`app` itself if it is native (see `selserve.app.native`), else the WSGI
-    application `app` behind a `WSGIAdapter` configured from `config`."""
-    if is_native(app):
-        return app
-    from .wsgi import WSGIAdapter
-
-    return WSGIAdapter(
-        app,
-        root_path=config.root_path,
-        expose_tracebacks=config.expose_tracebacks,
-        url_scheme=config.url_scheme,
-        multithread=config.threads > 0,
-    )
 
 
 def serve(app: Callable, **settings) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .app import FileBody, Response
+from .app import FileBody, Request, Response, close_body
 
 log = logging.getLogger("selserve")
 
@@ -70,7 +70,7 @@ class ThreadedBody:
         except Exception as exc:
             self._error = exc
         finally:
-            _close_quietly(self._iterable)
+            close_body(self._iterable, log)
             with self._cond:
                 self._done = True
                 wake = self._consumer_waiting
@@ -105,6 +105,25 @@ class ThreadedBody:
             self._cond.notify_all()
 
 
+class PoolClosedFile(FileBody):
+    """A file body whose close() runs on a worker thread: closing an application's
+    file may run the application's code (a framework's end-of-request hooks), and
+    in threaded mode no application code runs in the loop."""
+
+    __slots__ = ("_body", "_executor")
+
+    def __init__(self, body: FileBody, executor: ThreadPoolExecutor) -> None:
+        super().__init__(body.fileobj, body.offset, body.count)
+        self._body = body
+        self._executor = executor
+
+    def close(self) -> None:
+        try:
+            self._executor.submit(close_body, self._body, log)
+        except RuntimeError:  # the pool is shut down (the server is stopping): close here
+            close_body(self._body, log)
+
+
 class WorkerPool:
     """N threads that run the application and pull streamed bodies."""
 
@@ -113,28 +132,25 @@ class WorkerPool:
         self._body_limit = body_limit
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="selserve-worker")
 
-    def submit(self, app, request, connection) -> None:
-        """Run `app(request)`; the result goes to `connection.app_returned` in the loop."""
-        self._executor.submit(self._run, app, request, connection)
+    def submit(self, call: Callable[[Request], Response], request: Request, handle) -> None:
+        """Run `call(request)` on a worker; the answer goes to `handle.respond` in the
+        loop, and a streamed body is pulled by the same worker (`handle.resume` tells
+        the loop when it has more)."""
+        self._executor.submit(self._run, call, request, handle)
 
-    def _run(self, app, request, connection) -> None:
-        try:
-            response = app(request)
-        except Exception:
-            log.exception("application error on %s %s", request.method, request.target)
-            response = None
-        body = getattr(response, "body", None)
-        if (
-            not isinstance(response, Response)
-            or body is None
-            or isinstance(body, (bytes, bytearray, memoryview, FileBody))
-        ):
-            self._loop.call_soon_threadsafe(connection.app_returned, response)
+    def _run(self, call, request, handle) -> None:
+        response = call(request)  # never raises: a failing app is a 500 already
+        body = response.body
+        if isinstance(body, FileBody):
+            file = PoolClosedFile(body, self._executor)
+            response = Response(response.status, response.headers, file, response.reason)
+        elif body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
+            threaded = ThreadedBody(body, self._loop, handle.resume, self._body_limit)
+            streamed = Response(response.status, response.headers, threaded, response.reason)
+            self._loop.call_soon_threadsafe(_deliver, handle, streamed)
+            threaded.run()
             return
-        threaded = ThreadedBody(body, self._loop, connection.resume, self._body_limit)
-        streamed = Response(response.status, response.headers, threaded, response.reason)
-        self._loop.call_soon_threadsafe(connection.app_returned, streamed)
-        threaded.run()
+        self._loop.call_soon_threadsafe(_deliver, handle, response)
 
     def shutdown(self) -> None:
         # Running apps finish on their own; queued ones are dropped (their
@@ -142,10 +158,8 @@ class WorkerPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _close_quietly(iterable) -> None:
-    close = getattr(iterable, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception:
-            log.exception("error closing the response body")
+def _deliver(handle, response: Response) -> None:
+    """In the loop: hand the answer over, then let the connection carry on (the
+    next pipelined request, once this answer is out)."""
+    handle.respond(response)
+    handle.resume()

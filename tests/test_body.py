@@ -1,4 +1,4 @@
-"""RequestBody: memory while small, a temporary file beyond, bounded however it is cut."""
+"""http/body.py's RequestBody: memory while small, a file beyond, bounded however it is cut."""
 
 from __future__ import annotations
 
@@ -11,24 +11,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from selserve.body import RequestBody
+from selserve.http.body import RequestBody
 from selserve.http.parser import NEED_DATA, Data, EndOfMessage, RequestParser
 
 
 def test_a_body_in_one_piece_is_handed_over_uncopied():
     piece = b"x" * 1000
-    body = RequestBody(spill_threshold=1 << 20)
+    body = RequestBody(spill_threshold=1 << 20, open_file=tempfile.TemporaryFile)
     body.append(piece)
     assert body.take() is piece
 
 
 def test_an_empty_body_is_empty_bytes():
-    assert RequestBody(spill_threshold=10).take() == b""
+    assert RequestBody(spill_threshold=10, open_file=tempfile.TemporaryFile).take() == b""
 
 
 @given(pieces=st.lists(st.binary(min_size=1, max_size=50), max_size=40))
 def test_pieces_come_back_joined_in_order(pieces):
-    body = RequestBody(spill_threshold=1 << 20)
+    body = RequestBody(spill_threshold=1 << 20, open_file=tempfile.TemporaryFile)
     for piece in pieces:
         body.append(piece)
     assert body.take() == b"".join(pieces)
@@ -39,7 +39,7 @@ def test_pieces_come_back_joined_in_order(pieces):
     threshold=st.integers(min_value=0, max_value=300),
 )
 def test_a_body_past_the_threshold_is_a_file_at_its_start(pieces, threshold):
-    body = RequestBody(spill_threshold=threshold)
+    body = RequestBody(spill_threshold=threshold, open_file=tempfile.TemporaryFile)
     for piece in pieces:
         body.append(piece)
     whole = b"".join(pieces)
@@ -55,7 +55,7 @@ def test_tiny_pieces_cost_about_their_payload_in_memory():
     # 250,000 two-byte chunks once cost 28 bytes of memory per body byte (a list of
     # small bytes objects); gathered, the body costs its payload plus growth slack.
     payload = 250_000 * 2
-    body = RequestBody(spill_threshold=1 << 20)
+    body = RequestBody(spill_threshold=1 << 20, open_file=tempfile.TemporaryFile)
     pieces = [b"ab"] * 250_000  # one shared object: only the body's own memory is traced
     tracemalloc.start()
     try:
@@ -130,7 +130,7 @@ def test_a_chunked_body_costs_its_payload_plus_a_constant_however_it_is_cut(payl
     )
     pieces = [wire[i : i + feed] for i in range(0, len(wire), feed)]
     parser = RequestParser()
-    body = RequestBody(spill_threshold=1 << 20)
+    body = RequestBody(spill_threshold=1 << 20, open_file=tempfile.TemporaryFile)
     tracemalloc.start()
     try:
         for piece in pieces:

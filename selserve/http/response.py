@@ -129,14 +129,17 @@ def build_head(
     `body`, a body known in full, is appended to `data` when the response
     carries one (not for HEAD, 204, 304): head and body leave in one send.
     """
-    line = (reason is None and FINAL_STATUS_LINES.get(status)) or final_status_line(status, reason)
+    if reason is None:
+        line = FINAL_STATUS_LINES.get(status) or final_status_line(status)
+    else:
+        line = final_status_line(status, reason)
     block, app_length, wants_close, names_server = encode_headers(headers)
     if wants_close:
         keep_alive = False
     # RFC 9110 §6.4.1: no content for HEAD, 204 or 304.
     has_body = method != "HEAD" and status not in _NO_CONTENT
-    streamed = body_length is None
-    content_length = app_length if streamed or body_length < 0 else body_length
+    # A streamed body (None) or an UNANNOUNCED one has the app's length, if any.
+    content_length = app_length if body_length is None or body_length < 0 else body_length
     chunked = False
     if status == 204:
         content_length = None  # RFC 9110 §8.6: never on 204
@@ -153,7 +156,7 @@ def build_head(
     elif has_body:
         keep_alive = False  # HTTP/1.0 without a length: the close ends the body
         framing = b""
-    elif method == "HEAD" and http11 and streamed:
+    elif method == "HEAD" and http11 and body_length is None:
         framing = b"Transfer-Encoding: chunked\r\n"  # what GET would have said
     else:
         framing = b""

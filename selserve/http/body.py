@@ -11,13 +11,13 @@ any further pieces are gathered into one growing buffer, never kept as a list
 of small objects (250,000 two-byte chunks once cost 28 bytes per body byte).
 Disk is bounded by the request-size limit the parser enforces.  Writing to the
 temporary file may fail (a full disk): `OSError` goes to the caller, which
-refuses the request; `discard()` never raises.
+refuses the request; `discard()` never raises.  Sans-I/O like the rest of
+`http/`: the temporary file comes from the `open_file` it is given.
 """
 
 from __future__ import annotations
 
 import io
-import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -27,11 +27,7 @@ class RequestBody:
 
     __slots__ = ("spill_threshold", "size", "_piece", "_gathered", "_file", "_open_file")
 
-    def __init__(
-        self,
-        spill_threshold: int,
-        open_file: Callable[[], BinaryIO] = tempfile.TemporaryFile,
-    ) -> None:
+    def __init__(self, spill_threshold: int, open_file: Callable[[], BinaryIO]) -> None:
         self.spill_threshold = spill_threshold
         self.size = 0
         self._piece: bytes | None = None  # the only piece so far (kept without a copy)

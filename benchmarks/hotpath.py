@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""The cost of one keep-alive hello request, counted instead of timed.
+
+wrk figures on a shared machine move by 10-20% from one run to the next, more
+than most changes to the hot path are worth.  This script counts what a
+request costs, which does not depend on the neighbours:
+
+- Python opcodes per request (`sys.settrace` with opcode events): the work the
+  interpreter does for us;
+- with `--callgrind`, machine instructions per request in user space
+  (`valgrind --tool=callgrind`, the interpreter, C extensions and libc
+  included; the kernel's share is not counted): the same number on every run.
+
+The request is `GET /` with the head wrk sends, answered by the demo app
+(`native`) and by `hello_wsgi.py` through the WSGI adapter (`wsgi`), on one
+connection held by an in-process server over a socketpair, one loop turn per
+request.  `--baseline REV` measures that git revision of selserve too, side by
+side, so a change to the hot path is quoted against what it changes:
+
+    .venv/bin/python benchmarks/hotpath.py --baseline main~3 --callgrind
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "benchmarks"
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+KINDS = ("native", "wsgi")
+WARM_UP = 200
+TRACED = 200  # requests traced for the opcode count
+CALLGRIND_RUNS = (1_000, 3_000)  # the difference between the two runs is the per-request cost
+
+
+# --------------------------------------------------------------------------- child
+
+
+def serve_requests(kind: str, count: int, trace: bool) -> float | None:
+    """In this process (selserve importable from sys.path): answer `count` requests
+    after a warm-up; with `trace`, return Python opcodes per request."""
+    from selserve.config import Config
+    from selserve.server import Server, as_native
+
+    if kind == "native":
+        from selserve.demo import app
+    else:
+        sys.path.insert(0, str(BENCH_DIR))
+        from hello_wsgi import app
+
+    config = Config(binds=["127.0.0.1:0"], keepalive_timeout=300, log_level="warning")
+    server = Server(as_native(app, config), config)
+    server._resume_accepting()  # (no listeners) as while serving: not paused at the cap
+    ours, theirs = socket.socketpair()
+    server.accepted(ours, ("127.0.0.1", 40000), ("127.0.0.1", 8000))
+    turn = server.loop.run_once
+
+    def one() -> None:
+        theirs.send(REQUEST)
+        turn()
+        if not theirs.recv(65536).startswith(b"HTTP/1.1 200 "):
+            raise SystemExit("not answered 200")
+
+    for _ in range(WARM_UP):
+        one()
+    if not trace:
+        for _ in range(count):
+            one()
+        return None
+    opcodes = 0
+
+    def tracer(frame, event, arg):
+        nonlocal opcodes
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            opcodes += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        for _ in range(count):
+            one()
+    finally:
+        sys.settrace(None)
+    return opcodes / count
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def child_argv(source: Path, kind: str, count: int, trace: bool) -> list[str]:
+    argv = [sys.executable, __file__, "--child", kind, str(count), str(source)]
+    return argv + (["--trace"] if trace else [])
+
+
+def env_for(source: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+    env["PYTHONHASHSEED"] = "0"  # the same dict layouts, run after run
+    return env
+
+
+def opcodes_per_request(source: Path, kind: str) -> float:
+    done = subprocess.run(
+        child_argv(source, kind, TRACED, True),
+        env=env_for(source),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return float(done.stdout.split()[-1])
+
+
+def instructions(source: Path, kind: str, count: int) -> int:
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={scratch}/out",
+                *child_argv(source, kind, count, False),
+            ],
+            env=env_for(source),
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=True,
+        )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count from callgrind:\n{done.stderr[-2000:]}")
+    return int(found[1])
+
+
+def instructions_per_request(source: Path, kind: str) -> float:
+    low, high = CALLGRIND_RUNS
+    return (instructions(source, kind, high) - instructions(source, kind, low)) / (high - low)
+
+
+def unpack(revision: str, directory: Path) -> tuple[str, Path]:
+    short = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", revision],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", short, "selserve"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True, timeout=60)
+    return short, directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", metavar="REV", help="also measure this git revision")
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count instructions too (valgrind; ~1 min)"
+    )
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "N", "SOURCE"), help=argparse.SUPPRESS)
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        kind, count, _ = args.child
+        result = serve_requests(kind, int(count), args.trace)
+        if result is not None:
+            print(result)
+        return 0
+    if args.callgrind and shutil.which("valgrind") is None:
+        raise SystemExit("--callgrind needs valgrind (Debian: apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="selserve-hotpath-") as scratch:
+        trees = [("current", ROOT)]
+        if args.baseline:
+            trees.insert(0, unpack(args.baseline, Path(scratch)))
+        rows = []
+        for kind in KINDS:
+            for name, source in trees:
+                opcodes = opcodes_per_request(source, kind)
+                instr = instructions_per_request(source, kind) if args.callgrind else None
+                rows.append((kind, name, opcodes, instr))
+    print("| request | selserve | Python opcodes | vs first | instructions | vs first |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for kind in KINDS:
+        mine = [row for row in rows if row[0] == kind]
+        first = mine[0]
+        for _, name, opcodes, instr in mine:
+            ratio = f"{opcodes / first[2]:.3f}×"
+            shown = f"{instr:,.0f}" if instr is not None else "-"
+            instr_ratio = f"{instr / first[3]:.3f}×" if instr is not None else "-"
+            print(f"| {kind} hello | {name} | {opcodes:,.0f} | {ratio} | {shown} | {instr_ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
