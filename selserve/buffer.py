@@ -16,6 +16,8 @@ import errno
 import os
 import socket
 
+from .transport import can_sendfile
+
 # How many pieces one sendmsg() gathers (IOV_MAX is 1024 on Linux; stay well below).
 _GATHER_MAX = 64
 # The largest slice handed to one sendfile() call.
@@ -131,6 +133,8 @@ class WriteBuffer:
 
     def _send_file(self, sock: socket.socket, piece: FileRange) -> int | None:
         """Send part of a file range; None when the socket is full."""
+        if not can_sendfile(sock):
+            return self._send_file_by_reading(sock, piece)
         try:
             sent = os.sendfile(
                 sock.fileno(), piece.fileobj.fileno(), piece.offset, min(piece.count, _SENDFILE_MAX)

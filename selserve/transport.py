@@ -6,6 +6,11 @@ a connected, non-blocking `socket.socket`, which has those verbs already: it is
 used as it is, at no cost per call.  A TLS transport and the PROXY-protocol
 preamble will be other implementations of the same interface, invisible to the
 HTTP exchange (`http/exchange.py`), which sees only bytes.
+
+Transports differ in what they can do: only a plain socket's descriptor can
+take `os.sendfile` (a TLS transport must encrypt what it sends, a test's fake
+has no descriptor worth the name), so the write buffer asks `can_sendfile`
+before it hands a file range to the kernel, and reads the file otherwise.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import socket
 from typing import Protocol
 
-__all__ = ["Transport", "prepare_socket"]
+__all__ = ["Transport", "can_sendfile", "prepare_socket"]
 
 
 class Transport(Protocol):
@@ -21,7 +26,7 @@ class Transport(Protocol):
 
     def recv(self, size: int) -> bytes: ...
     def send(self, data) -> int: ...
-    def sendmsg(self, buffers) -> int: ...
+    def sendmsg(self, buffers, ancdata=(), flags: int = 0, /) -> int: ...
     def shutdown(self, how: int) -> None: ...
     def close(self) -> None: ...
     def fileno(self) -> int: ...
@@ -35,3 +40,8 @@ def prepare_socket(sock: socket.socket) -> socket.socket:
     if sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def can_sendfile(transport: Transport) -> bool:
+    """Whether file ranges may go to this transport's descriptor with os.sendfile."""
+    return type(transport) is socket.socket

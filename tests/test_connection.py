@@ -1,277 +1,347 @@
-"""Connection behaviour around application failures, through an in-process server."""
+"""Connection, alone: a fake transport and a fake loop stand in for the socket and the
+event loop (as waitress tests its channel with a DummySock), so every test runs without
+a socket, a thread or a clock, and can make a send fail or stall at the byte it likes."""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import socket
-import threading
-import time
+import tempfile
 
 import pytest
 
-from selserve import Response, Server, backends
-from selserve.app import native
+from selserve.app import FileBody, Response, native
+from selserve.backends import READABLE, WRITABLE
+from selserve.connection import (
+    BODY_TIMEOUT,
+    DONE,
+    HEADER_TIMEOUT,
+    KEEPALIVE_TIMEOUT,
+    PEER_CLOSED,
+    SEND_ERROR,
+    WRITE_TIMEOUT,
+    Connection,
+    ConnectionContext,
+)
+from selserve.dispatch import Dispatch
+from selserve.http.exchange import ExchangeSettings
+from selserve.workers import WAIT
 
-pytestmark = pytest.mark.timeout(30)
+HELLO = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+FIXED = b"Date: X\r\nServer: t\r\n"
 
 
-def failing_body(after: int, size: int = 100):
-    for _ in range(after):
-        yield b"y" * size
-    raise RuntimeError("body bug")
+class FakeTimer:
+    def __init__(self, loop, when, callback):
+        self.loop, self.when, self.callback, self.active = loop, when, callback, True
+
+    def reschedule(self, when):
+        self.when, self.active = when, True
+
+    def cancel(self):
+        self.active = False
+
+
+class FakeLoop:
+    """Records what is watched and in which order things happen; time stands still."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.watched: dict[int, int] = {}
+        self.log: list[str] = []
+        self.modifies = 0
+
+    def call_later(self, delay, callback):
+        return FakeTimer(self, self.now + delay, callback)
+
+    def watch(self, fd, handler, events):
+        self.watched[fd] = events
+        self.log.append(f"watch {events}")
+
+    def set_interest(self, fd, events):
+        self.watched[fd] = events
+        self.modifies += 1
+
+    def unwatch(self, fd):
+        del self.watched[fd]
+        self.log.append("unwatch")
+
+    def is_watching(self, fd):
+        return fd in self.watched
+
+
+class FakeTransport:
+    """Takes at most `window` bytes per send (None: everything); `fail` makes the next
+    send raise that errno; `inbound` is what recv() returns, piece by piece."""
+
+    def __init__(self, loop: FakeLoop, window: int | None = None):
+        self.loop = loop
+        self.window = window
+        self.fail: int | None = None
+        self.inbound: list[bytes] = []
+        self.sent = bytearray()
+        self.sends = 0
+        self.shut = False
+        self.closed = False
+
+    def fileno(self):
+        return 7
+
+    def recv(self, size):
+        if not self.inbound:
+            raise BlockingIOError
+        return self.inbound.pop(0)
+
+    def send(self, data):
+        if self.fail is not None:
+            raise OSError(self.fail, "fake failure")
+        if self.window == 0:
+            raise BlockingIOError
+        taken = bytes(data) if self.window is None else bytes(data[: self.window])
+        self.sent += taken
+        self.sends += 1
+        if self.window is not None:
+            self.window -= len(taken)
+        return len(taken)
+
+    def sendmsg(self, buffers, ancdata=(), flags=0):
+        return self.send(b"".join(bytes(b) for b in buffers))
+
+    def shutdown(self, how):
+        self.shut = how == socket.SHUT_WR
+
+    def close(self):
+        self.closed = True
+        self.loop.log.append("close")
 
 
 @native
 def app(request):
-    if request.path == "/raise":
-        raise RuntimeError("app bug")
-    if request.path == "/not-a-response":
-        return "oops"
-    if request.path == "/bad-header":
-        return Response(200, [("X-Evil", "a\r\nSet-Cookie: owned=1")], b"body")
-    if request.path == "/fail-at-once":
-        return Response(200, [], failing_body(0))
-    if request.path == "/fail-late":
-        # far past the high-water mark: part of the answer has gone out
-        return Response(200, [], failing_body(20_000, 1024))
-    if request.path == "/describe":
-        seen = (
-            request.method,
-            request.host,
-            request.header("X-Tag"),
-            request.body,
-            request.stream.read(),
-            request.peer[0],
-            request.local[0],
+    if request.path == "/stream":
+        return Response(200, [], (b"p" * 1000 for _ in range(1000)))
+    if request.path == "/echo":
+        return Response(200, [], request.body)
+    return Response(200, [("Content-Type", "text/plain")], b"hello")
+
+
+class Harness:
+    def __init__(self, app=app, window=None, **context):
+        self.loop = FakeLoop()
+        self.closed: list[str] = []
+        self.idle_calls = 0
+        self.spills = 0
+        settings = ExchangeSettings(open_spill_file=self._spill, spill_threshold=1024, fixed=FIXED)
+        self.context = ConnectionContext(
+            loop=self.loop,
+            settings=settings,
+            dispatch=Dispatch(app),
+            closed=lambda conn, reason: self.closed.append(reason),
+            became_idle=self._became_idle,
+            body_store_failed=lambda exc: None,
+            **context,
         )
-        return Response(200, [], repr(seen).encode())
-    return Response(200, [], b"fine")
+        self.context.accepting = True
+        self.transport = FakeTransport(self.loop, window)
+        self.conn = Connection(self.context, self.transport, ("10.0.0.1", 5000), ("10.0.0.2", 80))
+
+    def _spill(self):
+        self.spills += 1
+        return tempfile.TemporaryFile()  # noqa: SIM115 (the exchange closes it)
+
+    def _became_idle(self):
+        self.idle_calls += 1
+
+    def send(self, *pieces: bytes) -> None:
+        """The client sends these (each one recv) and the loop reports readability."""
+        self.transport.inbound.extend(pieces)
+        for _ in pieces:
+            self.conn.on_readable()
+
+    def answers(self) -> list[bytes]:
+        return [b"HTTP/1.1 " + part for part in bytes(self.transport.sent).split(b"HTTP/1.1 ")[1:]]
 
 
-@pytest.fixture(params=backends.available())
-def port(request, caplog):
-    srv = Server(app, binds=["127.0.0.1:0"], backend=request.param, header_timeout=0.5)
-    srv.bind()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv.listeners[0].local[1]
-    srv.shutdown()
-    thread.join(10)
+def test_a_keep_alive_hello_is_answered_with_one_send():
+    h = Harness()
+    h.send(HELLO)
+    assert (h.transport.sends, h.answers()) == (1, [h.answers()[0]])
+    assert h.answers()[0].endswith(b"\r\n\r\nhello")
 
 
-def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
-    """One Content-Length response: (head, body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before a full head: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(
-        next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Length")).split(
-            b":"
-        )[1]
+def test_after_a_keep_alive_answer_the_connection_waits_idle_for_the_next_request():
+    h = Harness()
+    h.send(HELLO)
+    assert h.conn in h.context.idle and h.conn.timeout_reason is KEEPALIVE_TIMEOUT
+    assert h.loop.watched == {7: READABLE} and h.loop.modifies == 0
+
+
+def test_pipelined_requests_are_answered_in_order():
+    h = Harness()
+    h.send(
+        HELLO.replace(b"/ ", b"/a ")
+        + b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+        + HELLO
     )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head, body
+    assert [a.rsplit(b"\r\n\r\n", 1)[1] for a in h.answers()] == [b"hello", b"abc", b"hello"]
 
 
-def ask(sock: socket.socket, path: str) -> tuple[bytes, bytes]:
-    sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
-    return read_response(sock)
+def test_an_answer_the_socket_does_not_take_at_once_waits_for_writability():
+    h = Harness(window=10)
+    h.send(HELLO)
+    assert h.loop.watched[7] == WRITABLE and h.conn.timeout_reason is WRITE_TIMEOUT
+    h.transport.window = None
+    h.conn.on_writable()
+    assert h.answers()[0].endswith(b"hello") and h.loop.watched[7] == READABLE
 
 
-@pytest.mark.parametrize("path", ["/raise", "/not-a-response", "/bad-header", "/fail-at-once"])
-def test_failure_before_the_answer_started_gives_500_and_keeps_the_connection(port, path):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        head, _ = ask(sock, path)
-        assert head.startswith(b"HTTP/1.1 500")
-        assert b"Set-Cookie" not in head
-        head, body = ask(sock, "/")
-        assert head.startswith(b"HTTP/1.1 200") and body == b"fine"
+def test_a_streamed_body_is_pulled_only_up_to_high_water_while_the_client_reads_nothing():
+    pulled = []
+
+    @native
+    def streaming(request):
+        def body():
+            for i in range(10_000):
+                pulled.append(i)
+                yield b"x" * 1000
+
+        return Response(200, [], body())
+
+    h = Harness(streaming, window=0, high_water=64 * 1024, low_water=16 * 1024)
+    h.send(HELLO)
+    # 1 KB pieces (1,007 bytes framed) until the buffer holds 64 KiB, then nothing more.
+    assert len(pulled) <= 66
+    assert h.conn.out.size <= 64 * 1024 + 1100
 
 
-def test_failure_after_part_of_the_answer_went_out_closes_the_connection(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /fail-late HTTP/1.1\r\nHost: t\r\n\r\n")
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-        assert received.startswith(b"HTTP/1.1 200")
-        assert not received.endswith(b"0\r\n\r\n")  # never looks complete
+@pytest.mark.parametrize("at_send", [0, 1, 3])
+def test_a_send_that_fails_closes_once_unwatching_before_closing(at_send):
+    h = Harness(window=None)
+    h.send(HELLO)
+    for _ in range(at_send):
+        h.send(HELLO)
+    h.transport.fail = errno.EPIPE
+    h.send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert h.closed == [SEND_ERROR]
+    assert h.loop.log[-2:] == ["unwatch", "close"]
 
 
-def test_a_trickled_head_is_cut_off_at_the_header_timeout(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        head, _ = ask(sock, "/")  # a keep-alive request first: the idle timer is 5 s
-        assert head.startswith(b"HTTP/1.1 200")
-        started = time.monotonic()
-        received = b""
-        for byte in b"GET / HTTP/1.1\r\nHost: slow\r\nX-Pad: " + b"a" * 40:
-            try:
-                sock.send(bytes([byte]))
-            except OSError:
-                break
-            time.sleep(0.05)
-            if time.monotonic() - started > 3:
-                break
-        sock.settimeout(3)
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        elapsed = time.monotonic() - started
-    assert received.startswith(b"HTTP/1.1 408")
-    assert 0.4 < elapsed < 2.0, f"cut off after {elapsed:.2f} s, header timeout is 0.5 s"
+def test_a_failing_access_log_still_frees_the_slot():
+    class Exploding:
+        def write(self, *args):
+            raise RuntimeError("log bug")
+
+    h = Harness(access_log=Exploding())
+    h.conn.status = 200  # an answer was in progress
+    h.conn.exchange.request = object()
+    with pytest.raises(RuntimeError):
+        h.conn.close(DONE)
+    assert h.closed == [DONE] and h.transport.closed
 
 
-def test_each_request_carries_its_own_head_body_and_addresses(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /describe HTTP/1.1\r\nHost: one\r\nX-Tag: a\r\nContent-Length: 4\r\n\r\nbody"
-            b"GET /describe HTTP/1.1\r\nHost: two\r\n\r\n"  # pipelined: no body of its own
-        )
-        received = b""
-        while received.count(b"'127.0.0.1')") < 2:  # how each answer ends
-            chunk = sock.recv(65536)
-            assert chunk, f"closed after {received!r}"
-            received += chunk
-    answers = [part.partition(b"\r\n\r\n")[2] for part in received.split(b"HTTP/1.1 ")[1:]]
-    assert answers == [
-        repr(("POST", "one", "a", b"body", b"body", "127.0.0.1", "127.0.0.1")).encode(),
-        repr(("GET", "two", None, b"", b"", "127.0.0.1", "127.0.0.1")).encode(),
-    ]
+def test_a_head_that_does_not_complete_runs_the_header_timeout_from_its_first_byte():
+    h = Harness()
+    h.send(HELLO)  # keep-alive: the idle timer runs
+    h.send(b"GET / HTTP/1.1\r\n")
+    first = h.conn.timer.when
+    h.loop.now += 1
+    h.send(b"Host: t\r\n")  # trickled bytes do not push it back
+    assert h.conn.timeout_reason is HEADER_TIMEOUT and h.conn.timer.when == first
 
 
-# -- answering from the head, server-side failures, what apps may answer -------------
+def test_the_header_timeout_answers_408_and_closes():
+    h = Harness()
+    h.send(b"GET / HTTP/1.1\r\n")
+    h.conn.on_timeout()
+    assert h.answers()[-1].startswith(b"HTTP/1.1 408 ") and h.closed == [HEADER_TIMEOUT]
 
 
-@native
-def guarded(request):
-    """Reads bodies only on POST /upload; everything else it answers from the head."""
-    if request.path == "/interim":
-        return Response(100, [], b"")
-    if request.path == "/status-600":
-        return Response(600, [], b"x")
-    if request.path == "/escape-in-header":
-        return Response(200, [("X-Term", "\x1b]0;owned\x07")], b"body")
-    if request.path == "/nope":
-        return Response(404, [], b"", reason="Nope")
-    if request.path == "/upload" and request.method == "POST":
-        return Response(200, [], b"%d" % len(request.body))
-    return Response(405, [("Allow", "GET")], b"no\n")
+def test_a_body_in_progress_runs_the_body_timeout():
+    h = Harness()
+    h.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+    assert h.conn.timeout_reason is BODY_TIMEOUT
 
 
-def _guard_head(request):
-    if request.path == "/upload" and request.method == "POST":
-        return None
-    return guarded(request)
+def test_a_client_closing_between_requests_is_an_ordinary_close():
+    h = Harness()
+    h.send(HELLO, b"")
+    assert h.closed == [PEER_CLOSED]
 
 
-guarded.on_head = _guard_head
+def test_a_refused_request_is_answered_then_the_connection_lingers_and_closes():
+    h = Harness()
+    h.send(b"BROKEN\r\n\r\n")
+    assert h.answers()[0].startswith(b"HTTP/1.1 400 ") and h.transport.shut
+    assert h.closed == []  # lingering: reading and dropping what the client still sends
+    h.send(b"more garbage", b"")
+    assert h.closed == [DONE]
 
 
-@contextlib.contextmanager
-def serving(app, backend, **settings):
-    srv = Server(app, binds=["127.0.0.1:0"], backend=backend, **settings)
-    srv.bind()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv, srv.listeners[0].local[1]
-    finally:
-        srv.shutdown()
-        thread.join(10)
+def test_a_request_answered_from_its_head_never_stores_its_body():
+    @native
+    def refusing(request):
+        return Response(405, [("Allow", "GET")], b"no")
+
+    refusing.on_head = refusing
+    h = Harness(refusing)
+    h.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"b" * 5000)
+    assert h.answers()[0].startswith(b"HTTP/1.1 405 ") and b"Connection: close" in h.answers()[0]
+    assert h.spills == 0 and h.transport.shut
 
 
-@pytest.fixture(params=backends.available())
-def backend(request):
-    return request.param
+def test_a_body_past_the_spill_threshold_goes_to_a_file():
+    h = Harness()
+    h.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3000\r\n\r\n" + b"b" * 3000)
+    assert h.spills == 1 and h.answers()[0].endswith(b"b" * 3000)
 
 
-def read_all(sock: socket.socket, limit: float = 5.0) -> bytes:
-    sock.settimeout(limit)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received
+def test_a_threaded_body_that_has_nothing_yet_stops_watching_until_resumed():
+    pieces = [b"one", WAIT]
+
+    class Threaded:
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            if not pieces:
+                raise StopIteration
+            return pieces.pop(0)
+
+    @native
+    def waiting(request):
+        return Response(200, [], Threaded())
+
+    h = Harness(waiting)
+    h.send(HELLO)
+    assert 7 not in h.loop.watched and h.conn.producer_waiting
+    pieces.append(b"two")
+    h.conn.resume()
+    assert h.answers()[0].endswith(b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
+    assert h.loop.watched[7] == READABLE
 
 
-def test_a_request_refused_from_its_head_gets_its_answer_without_100_continue(backend):
-    with (
-        serving(guarded, backend) as (_, port),
-        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
-    ):
-        sock.sendall(
-            b"POST /file HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n"
-            b"Expect: 100-continue\r\n\r\n"
-        )
-        sock.settimeout(3)
-        first = sock.recv(65536)  # sent before any body byte: the answer, not 100
-    assert first.startswith(b"HTTP/1.1 405 "), first
-    assert b"\r\nConnection: close\r\n" in first
+def test_a_file_body_goes_out_whole_and_is_closed():
+    with tempfile.TemporaryFile() as file:
+        file.write(b"0123456789")
+        file.flush()
+        closed = []
+
+        class Tracked(FileBody):
+            __slots__ = ()
+
+            def close(self):
+                closed.append(True)
+
+        @native
+        def files(request):
+            return Response(200, [], Tracked(file, 2, 5))
+
+        h = Harness(files)
+        h.send(HELLO)
+    assert h.answers()[0].endswith(b"Content-Length: 5\r\n\r\n23456") and closed == [True]
 
 
-def test_a_body_refused_from_its_head_is_never_stored(backend):
-    body = b"b" * (3 * 1024 * 1024)  # past the 1 MiB spill threshold
-    with serving(guarded, backend) as (srv, port):
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(
-                b"POST /file HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
-            )
-            try:
-                sock.sendall(body)
-            except OSError:
-                pass  # the server may close once its lingering bound is reached
-            refused = read_all(sock)
-        stored_for_refusal = srv.stats()["events"].get("body-spilled", 0)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(
-                b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
-            )
-            sock.sendall(body)
-            head, answer = read_response(sock)
-        stored_for_upload = srv.stats()["events"].get("body-spilled", 0)
-    assert refused.startswith(b"HTTP/1.1 405 ")
-    assert (stored_for_refusal, stored_for_upload) == (0, 1)  # the control does spill
-    assert answer == b"%d" % len(body)
-
-
-@pytest.mark.parametrize("path", ["/interim", "/status-600", "/escape-in-header"])
-def test_an_answer_no_client_could_read_right_becomes_a_500(backend, path):
-    with (
-        serving(guarded, backend) as (_, port),
-        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
-    ):
-        head, _ = ask(sock, path)
-        assert head.startswith(b"HTTP/1.1 500 "), head
-        assert b"\x1b" not in head
-        head, body = ask(sock, "/nope")  # the connection is still in step
-    assert head.startswith(b"HTTP/1.1 404 Nope\r\n")
-
-
-def test_an_access_log_that_cannot_be_written_never_costs_a_connection_slot(backend, caplog):
-    # A log on a full disk once raised in close(): the slot was never freed and, at
-    # the cap, nothing was answered again.
-    agent = b"a" * 30_000
-    with serving(guarded, backend, access_log="/dev/full", max_connections=4) as (srv, port):
-        for _ in range(12):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.sendall(b"GET /nope HTTP/1.1\r\nHost: t\r\nUser-Agent: %s\r\n\r\n" % agent)
-                head, _ = read_response(sock)
-                assert head.startswith(b"HTTP/1.1 404")
-        assert poll_until(lambda: not srv.connections, 5), srv.connections
-        lost = srv.stats()["events"].get("access-log-lines-lost", 0)
-    assert lost >= 1
-
-
-def poll_until(predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
+def test_a_connection_going_idle_while_accepting_is_paused_tells_the_server():
+    h = Harness()
+    h.context.accepting = False
+    h.send(HELLO)
+    assert h.idle_calls == 1
