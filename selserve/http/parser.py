@@ -210,6 +210,19 @@ _SPECIAL = frozenset(("host", "content-length", "transfer-encoding", "connection
 _TARGET_AUTHORITY = ":authority"
 
 
+def _keep_alive(connection: str, http11: bool) -> bool:
+    """Whether the Connection field (all lines joined) keeps the connection open."""
+    connection = connection.lower()
+    if connection == "keep-alive":
+        return True
+    if connection == "close":
+        return False
+    tokens = _strip_list(connection)
+    if "close" in tokens:
+        return False
+    return True if "keep-alive" in tokens else http11
+
+
 def _strip_list(value: str) -> list[str]:
     """Elements of a comma-separated list (RFC 9110 §5.6.1), lower-cased, empties dropped."""
     return [e for e in (e.strip(" \t") for e in value.lower().split(",")) if e]
@@ -450,74 +463,22 @@ class RequestParser:
                     special.append((name, value))
 
         http11 = minor != "0"
-        keep_alive = http11
-        content_length = None
-        chunked = expect_continue = False
-        if special is not None:
-            cl = te = conn = expect = None
-            for name, value in special:
-                if name == "content-length":
-                    cl = value if cl is None else f"{cl},{value}"
-                elif name == "transfer-encoding":
-                    te = value if te is None else f"{te},{value}"
-                elif name == "connection":
-                    conn = value if conn is None else f"{conn},{value}"
-                elif name == "expect":
-                    expect = value if expect is None else f"{expect},{value}"
-                elif name == _TARGET_AUTHORITY:
-                    # RFC 9112 §3.2.2: the target's authority replaces Host, which must
-                    # still be valid; it comes first in special, before any second Host.
-                    if host is not None:
-                        if not HOST_RE.fullmatch(host):
-                            raise HTTPError(400, "invalid Host header")
-                        headers[headers.index(("host", host))] = ("host", value)
-                        host = value
-                    elif not http11:
-                        host = value  # (HTTP/1.1 without Host is refused below)
-                else:
-                    raise HTTPError(400, "more than one Host header")
-        # A keep-alive client sends the same Host every time: check it once.
-        if host is not None and host != self._valid_host:
-            if not HOST_RE.fullmatch(host):
-                raise HTTPError(400, "invalid Host header")
-            self._valid_host = host
-        if special is not None:
-            if te is not None:
-                chunked = self._transfer_encoding(te, cl, http11)
-            elif cl is not None:
-                content_length = self._content_length(cl)
-            if conn is not None:
-                conn = conn.lower()
-                if conn == "keep-alive":
-                    keep_alive = True
-                elif conn == "close":
-                    keep_alive = False
-                else:
-                    tokens = _strip_list(conn)
-                    if "close" in tokens:
-                        keep_alive = False
-                    elif "keep-alive" in tokens:
-                        keep_alive = True
-            # RFC 9110 §10.1.1: an HTTP/1.0 client cannot handle 100 (Continue), so a
-            # 1.0 request's Expect is ignored altogether.
-            if expect is not None and http11:
-                for e in _strip_list(expect):
-                    if e != "100-continue":
-                        raise HTTPError(417, "unsupported expectation")
-                    expect_continue = True
+        if special is None:  # (a request with no field the parser acts on but Host)
+            if host is not None and host != self._valid_host:
+                self._check_host(host)
+            keep_alive, content_length, chunked, expect_continue = http11, None, False, False
+        else:
+            host, keep_alive, content_length, chunked, expect_continue = self._special_fields(
+                special, headers, host, http11
+            )
         if host is None:
             # RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
             if http11:
                 raise HTTPError(400, "missing Host header")
             host = ""
 
-        if chunked:
-            self._state = _CHUNK_SIZE
-            self._body_seen = 0  # decoded chunked body bytes so far
-            self._framing = 0  # chunked framing bytes so far (see CHUNK_FRAMING_SHARE)
-        elif content_length:
-            self._state = _BODY
-            self._remaining = content_length
+        if chunked or content_length:
+            self._expect_body(chunked, content_length)
         else:
             self._state = _END
         head_end = pos + len(text)
@@ -539,6 +500,67 @@ class RequestParser:
             expect_continue,
             host,
         )
+
+    def _expect_body(self, chunked: bool, content_length: int | None) -> None:
+        if chunked:
+            self._state = _CHUNK_SIZE
+            self._body_seen = 0  # decoded chunked body bytes so far
+            self._framing = 0  # chunked framing bytes so far (see CHUNK_FRAMING_SHARE)
+        else:
+            self._state = _BODY
+            self._remaining = content_length
+
+    def _check_host(self, host: str) -> None:
+        # A keep-alive client sends the same Host every time: checked once.
+        if not HOST_RE.fullmatch(host):
+            raise HTTPError(400, "invalid Host header")
+        self._valid_host = host
+
+    def _special_fields(
+        self, special: list[tuple[str, str]], headers: list, host: str | None, http11: bool
+    ) -> tuple[str | None, bool, int | None, bool, bool]:
+        """(host, keep_alive, content_length, chunked, expect_continue) from the fields
+        the parser acts on (each repeated field's lines joined with commas)."""
+        cl = te = conn = expect = None
+        for name, value in special:
+            if name == "content-length":
+                cl = value if cl is None else f"{cl},{value}"
+            elif name == "transfer-encoding":
+                te = value if te is None else f"{te},{value}"
+            elif name == "connection":
+                conn = value if conn is None else f"{conn},{value}"
+            elif name == "expect":
+                expect = value if expect is None else f"{expect},{value}"
+            elif name == _TARGET_AUTHORITY:
+                # RFC 9112 §3.2.2: the target's authority replaces Host, which must
+                # still be valid; it comes first in special, before any second Host.
+                if host is not None:
+                    if not HOST_RE.fullmatch(host):
+                        raise HTTPError(400, "invalid Host header")
+                    headers[headers.index(("host", host))] = ("host", value)
+                    host = value
+                elif not http11:
+                    host = value  # (HTTP/1.1 without Host is refused by the caller)
+            else:
+                raise HTTPError(400, "more than one Host header")
+        if host is not None and host != self._valid_host:
+            self._check_host(host)
+        content_length = None
+        chunked = False
+        if te is not None:
+            chunked = self._transfer_encoding(te, cl, http11)
+        elif cl is not None:
+            content_length = self._content_length(cl)
+        keep_alive = http11 if conn is None else _keep_alive(conn, http11)
+        # RFC 9110 §10.1.1: an HTTP/1.0 client cannot handle 100 (Continue), so a 1.0
+        # request's Expect is ignored altogether.
+        expect_continue = False
+        if expect is not None and http11:
+            for e in _strip_list(expect):
+                if e != "100-continue":
+                    raise HTTPError(417, "unsupported expectation")
+                expect_continue = True
+        return host, keep_alive, content_length, chunked, expect_continue
 
     @staticmethod
     def _request_line_error(text: str, max_line: int) -> None:
@@ -686,99 +708,117 @@ class RequestParser:
         return HTTPError(413, "too much chunked framing")
 
     def _next_chunked(self) -> Event:
+        # One small method per part of the chunked grammar; the ones that only move
+        # to the next part return None, and the loop goes on.
         while True:
-            buf = self._buf
-            pos = self._pos
-            end = len(buf)
             state = self._state
-
             if state == _CHUNK_DATA:
-                if pos >= end:
-                    return self._need_data()
-                remaining = self._remaining
-                n = min(remaining, end - pos)
-                self._remaining = remaining - n
-                self._body_seen += n
-                if n == remaining:
-                    self._state = _CHUNK_END
-                return self._take(n)
-
+                return self._chunk_data()
             if state == _CHUNK_SIZE:
-                # The line is judged once its LF is in: the per-line bound keeps what we
-                # hold until then small, and the error cannot depend on the split.
-                lf = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE)
-                if lf < 0:
-                    if end - pos >= MAX_CHUNK_LINE:
-                        raise HTTPError(400, "chunk-size line too long")
-                    return self._need_data()
-                m = CHUNK_LINE_B.fullmatch(buf, pos, lf + 1)
-                if m is None:
-                    if lf == pos or buf[lf - 1] != 13:
-                        raise HTTPError(400, "bare LF in chunked body")
-                    raise HTTPError(400, "malformed chunk-size line")
-                digits = m[1]
-                if len(digits) > 16:
-                    raise HTTPError(400, "chunk size too large")
-                self._count_framing(lf + 1 - pos)
-                size = int(digits, 16)
-                self._consume(lf + 1)
-                if size == 0:
-                    self._state = _TRAILERS
-                    self._scan = 0
-                    continue
-                if self._body_seen + size > self.max_body_size:
-                    raise HTTPError(413, "request body too large")
-                self._remaining = size
-                self._state = _CHUNK_DATA
-                continue
+                event = self._chunk_size_line()
+            elif state == _CHUNK_END:
+                event = self._chunk_data_end()
+            else:
+                return self._trailer_section()
+            if event is not None:
+                return event
 
-            if state == _CHUNK_END:
-                # chunk-data is followed by CRLF, never a bare LF (see CHUNK_LINE_B).
-                if not buf.startswith(b"\r\n", pos):
-                    if end - pos < 2 and (pos >= end or buf[pos] == 13):
-                        return self._need_data()
-                    if buf[pos] == 10:
-                        raise HTTPError(400, "bare LF in chunked body")
-                    raise HTTPError(400, "missing CRLF after chunk data")
-                self._count_framing(2)
-                self._consume(pos + 2)
-                self._state = _CHUNK_SIZE
-                continue
+    def _chunk_data(self) -> Event:
+        available = len(self._buf) - self._pos
+        if available <= 0:
+            return self._need_data()
+        remaining = self._remaining
+        n = min(remaining, available)
+        self._remaining = remaining - n
+        self._body_seen += n
+        if n == remaining:
+            self._state = _CHUNK_END
+        return self._take(n)
 
-            # _TRAILERS: trailer-section CRLF, parsed with the header field rules.
-            if buf.startswith(b"\r\n", pos):  # no trailer fields
-                self._count_framing(2)
-                self._consume(pos + 2)
-                self._state = _DONE
-                return _NO_TRAILERS
-            if end - pos < 2 and (pos >= end or buf[pos] == 13):
-                return self._need_data()
-            # The section must fit max_header_bytes (else 431) and the framing budget
-            # (else 413). Both bound the same growing count, so the smaller bound is met
-            # first and names the error however the bytes are split; a bare LF counts
-            # only within that bound (and within the section), for the same reason.
-            room = self._framing_room()
-            limit = min(self.max_header_bytes, room)
-            m = HEAD_END_B.search(buf, pos + self._scan)
-            stop = pos + limit if m is None or m.end() - pos > limit else m.end()
-            if BARE_LF_B.search(buf, pos + self._scan, stop) is not None:
+    def _chunk_size_line(self) -> Event | None:
+        buf = self._buf
+        pos = self._pos
+        # The line is judged once its LF is in: the per-line bound keeps what we hold
+        # until then small, and the error cannot depend on the split.
+        lf = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE)
+        if lf < 0:
+            if len(buf) - pos >= MAX_CHUNK_LINE:
+                raise HTTPError(400, "chunk-size line too long")
+            return self._need_data()
+        m = CHUNK_LINE_B.fullmatch(buf, pos, lf + 1)
+        if m is None:
+            if lf == pos or buf[lf - 1] != 13:
                 raise HTTPError(400, "bare LF in chunked body")
-            if m is None:
-                if end - pos >= limit:
-                    raise self._trailer_section_error(room)
-                self._scan = max(end - pos - 2, 0)
+            raise HTTPError(400, "malformed chunk-size line")
+        digits = m[1]
+        if len(digits) > 16:
+            raise HTTPError(400, "chunk size too large")
+        self._count_framing(lf + 1 - pos)
+        size = int(digits, 16)
+        self._consume(lf + 1)
+        if size == 0:
+            self._state = _TRAILERS
+            self._scan = 0
+            return None
+        if self._body_seen + size > self.max_body_size:
+            raise HTTPError(413, "request body too large")
+        self._remaining = size
+        self._state = _CHUNK_DATA
+        return None
+
+    def _chunk_data_end(self) -> Event | None:
+        buf = self._buf
+        pos = self._pos
+        # chunk-data is followed by CRLF, never a bare LF (see CHUNK_LINE_B).
+        if not buf.startswith(b"\r\n", pos):
+            if len(buf) - pos < 2 and (pos >= len(buf) or buf[pos] == 13):
                 return self._need_data()
-            if m.end() - pos > limit:
-                raise self._trailer_section_error(room)
-            # A leading LF stands in for the end of the last-chunk line, which FIELD_LINE
-            # needs in front of the first field.
-            text = "\n" + buf[pos : m.end()].decode("latin-1")
-            fields = FIELD_LINE.findall(text)
-            if len(fields) != text.count("\n") - 2:
-                self._field_error(text[1:])
-            if len(fields) > self.max_headers:
-                raise HTTPError(431, "too many trailer fields")
-            self._framing += m.end() - pos
-            self._consume(m.end())
+            if buf[pos] == 10:
+                raise HTTPError(400, "bare LF in chunked body")
+            raise HTTPError(400, "missing CRLF after chunk data")
+        self._count_framing(2)
+        self._consume(pos + 2)
+        self._state = _CHUNK_SIZE
+        return None
+
+    def _trailer_section(self) -> Event:
+        """trailer-section CRLF, parsed with the header field rules."""
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if buf.startswith(b"\r\n", pos):  # no trailer fields
+            self._count_framing(2)
+            self._consume(pos + 2)
             self._state = _DONE
-            return EndOfMessage([(name.lower(), value) for name, value in fields])
+            return _NO_TRAILERS
+        if end - pos < 2 and (pos >= end or buf[pos] == 13):
+            return self._need_data()
+        # The section must fit max_header_bytes (else 431) and the framing budget (else
+        # 413). Both bound the same growing count, so the smaller bound is met first and
+        # names the error however the bytes are split; a bare LF counts only within that
+        # bound (and within the section), for the same reason.
+        room = self._framing_room()
+        limit = min(self.max_header_bytes, room)
+        m = HEAD_END_B.search(buf, pos + self._scan)
+        stop = pos + limit if m is None or m.end() - pos > limit else m.end()
+        if BARE_LF_B.search(buf, pos + self._scan, stop) is not None:
+            raise HTTPError(400, "bare LF in chunked body")
+        if m is None:
+            if end - pos >= limit:
+                raise self._trailer_section_error(room)
+            self._scan = max(end - pos - 2, 0)
+            return self._need_data()
+        if m.end() - pos > limit:
+            raise self._trailer_section_error(room)
+        # A leading LF stands in for the end of the last-chunk line, which FIELD_LINE
+        # needs in front of the first field.
+        text = "\n" + buf[pos : m.end()].decode("latin-1")
+        fields = FIELD_LINE.findall(text)
+        if len(fields) != text.count("\n") - 2:
+            self._field_error(text[1:])
+        if len(fields) > self.max_headers:
+            raise HTTPError(431, "too many trailer fields")
+        self._framing += m.end() - pos
+        self._consume(m.end())
+        self._state = _DONE
+        return EndOfMessage([(name.lower(), value) for name, value in fields])
