@@ -82,7 +82,6 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (BODY, _REQUEST): APP,  # the body is complete
     (BODY, _REFUSE): SENDING,  # a body we cannot accept or store
     (APP, _RESPOND): SENDING,
-    (APP, _REFUSE): SENDING,  # the driver gave up on the app (a time limit, say)
     (SENDING, _ABANDON): APP,  # the answer failed before any byte of it left: answer again
     (SENDING, _KEEP_ALIVE): IDLE,  # the answer is out; the next request may come
     (SENDING, _CLOSE): CLOSED_STATE,  # the answer is out; the connection ends
@@ -143,7 +142,8 @@ class ExchangeSettings:
 
 
 class ChunkedWriter:
-    """Frames each piece as a chunk; `finish()` is the last-chunk."""
+    """Frames each piece as a chunk; `finish()` is the last-chunk.  (Like every
+    writer, it is given non-empty pieces: the driver skips empty ones.)"""
 
     __slots__ = ()
     done = False  # a chunked body ends only when the producer does
@@ -231,10 +231,13 @@ class ServerExchange:
         self,
         settings: ExchangeSettings,
         *,
-        request_class: type[Request] = Request,
+        request_class: type[Request],
         peer=None,
         local=None,
     ) -> None:
+        # `request_class`: what heads are parsed as, a subclass of the parser's Request
+        # with `arrived(body, peer, local)` (selserve.app.Request), so that the request
+        # an application gets is the parsed head itself, never a copy.
         self.settings = settings
         self.parser = RequestParser(**settings.parser_limits, request_class=request_class)
         self._request_class = request_class
@@ -346,14 +349,17 @@ class ServerExchange:
 
         `body_length` is the body's length when it is known (bytes, a file), None
         when it is streamed.  Afterwards `body_follows` says whether the answer
-        carries the body not given here (a file, a stream: not for HEAD, 204 or
-        304), and a stream's pieces go through `writer`.  Raises `InvalidHeader`
-        (a ValueError) for what an application may not answer; then nothing has
-        changed and the driver answers again.
+        carries a body at all (not for HEAD, 204 or 304): then a file or stream not
+        given here must follow, a stream's pieces through `writer`.  Raises
+        `InvalidHeader` (a ValueError) for what an application may not answer; the
+        driver then answers again.
         """
+        state = self.state
         request = self.request
         settings = self.settings
-        if self.state is HEAD_ONLY:
+        if state is not APP:
+            if state is not HEAD_ONLY:
+                raise ExchangeError(f"cannot respond in state {state}")
             request.keep_alive = False  # its body is on the way: close once answered
         data, content_length, chunked, keep_alive, has_body = build_head(
             status,
@@ -367,10 +373,10 @@ class ServerExchange:
             body=body,
             reason=reason,
         )
-        if self.state is APP:
+        if state is APP:
             self.state = _AFTER_RESPOND
-        else:
-            self._move(_RESPOND)  # from the head (else: ExchangeError)
+        else:  # from the head
+            self.state = TRANSITIONS[HEAD_ONLY, _RESPOND]
             self.linger = True  # the unread body: read and dropped while closing
         self.keep_alive = keep_alive
         self.body_follows = has_body
@@ -401,6 +407,8 @@ class ServerExchange:
         """The whole answer is out.  True: the connection stays open for the next
         request (maybe already buffered: call next_event()).  False: close it,
         lingering first if `linger` (or unread input) says the client may still send."""
+        if self.state is not SENDING:
+            self._move(_KEEP_ALIVE)  # not allowed: raises ExchangeError
         if self.body is not None:
             self.body.discard()
         self.request = None
