@@ -95,14 +95,24 @@ class Dispatch:
         return self.call(request) if response is None else response
 
     def _on_pool(self, request: Request, handle: Handle) -> Response | None:
-        answer = self.answer_from_head(request)  # static files, own routes: not on a worker
+        # Static files and the server's own routes are answered here, not on a worker
+        # (a request with a body was offered to answer_from_head at its head already).
+        answer = None
+        if not (request.chunked or request.content_length):
+            answer = self.answer_from_head(request)
         if answer is None:
             self.pool.submit(self.call, request, handle)
         return answer
 
     def _route(self, request: Request) -> Response | None:
         route = self.routes.get(request.path)
-        return None if route is None else route(request)
+        if route is None:
+            return None
+        try:
+            return route(request)
+        except Exception:
+            log.exception("error in the server's route %s", request.path)
+            return internal_error()
 
     def call(self, request: Request, handle: Handle | None = None) -> Response:
         """The application's answer, or a 500 if it fails; never raises.  (`handle` is

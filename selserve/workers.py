@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .app import FileBody, Request, Response, close_body
@@ -110,18 +110,15 @@ class PoolClosedFile(FileBody):
     file may run the application's code (a framework's end-of-request hooks), and
     in threaded mode no application code runs in the loop."""
 
-    __slots__ = ("_body", "_executor")
+    __slots__ = ("_body", "_pool")
 
-    def __init__(self, body: FileBody, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, body: FileBody, pool: WorkerPool) -> None:
         super().__init__(body.fileobj, body.offset, body.count)
         self._body = body
-        self._executor = executor
+        self._pool = pool
 
     def close(self) -> None:
-        try:
-            self._executor.submit(close_body, self._body, log)
-        except RuntimeError:  # the pool is shut down (the server is stopping): close here
-            close_body(self._body, log)
+        self._pool.close_later(self._body)
 
 
 class WorkerPool:
@@ -131,6 +128,7 @@ class WorkerPool:
         self._loop = loop
         self._body_limit = body_limit
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="selserve-worker")
+        self._closing: dict[Future, object] = {}  # close() calls queued, by their future
 
     def submit(self, call: Callable[[Request], Response], request: Request, handle) -> None:
         """Run `call(request)` on a worker; the answer goes to `handle.respond` in the
@@ -142,7 +140,7 @@ class WorkerPool:
         response = call(request)  # never raises: a failing app is a 500 already
         body = response.body
         if isinstance(body, FileBody):
-            file = PoolClosedFile(body, self._executor)
+            file = PoolClosedFile(body, self)
             response = Response(response.status, response.headers, file, response.reason)
         elif body is not None and not isinstance(body, (bytes, bytearray, memoryview)):
             threaded = ThreadedBody(body, self._loop, handle.resume, self._body_limit)
@@ -152,9 +150,25 @@ class WorkerPool:
             return
         self._loop.call_soon_threadsafe(_deliver, handle, response)
 
+    def close_later(self, body) -> None:
+        """Call `body.close()` on a worker.  A close still queued when the pool shuts
+        down is not dropped with the queued requests: it runs where it is cancelled."""
+        try:
+            future = self._executor.submit(close_body, body, log)
+        except RuntimeError:  # the pool is shut down already (the server is stopping)
+            close_body(body, log)
+            return
+        self._closing[future] = body
+        future.add_done_callback(self._closed)
+
+    def _closed(self, future: Future) -> None:
+        body = self._closing.pop(future, None)
+        if future.cancelled() and body is not None:
+            close_body(body, log)
+
     def shutdown(self) -> None:
         # Running apps finish on their own; queued ones are dropped (their
-        # connections are being closed by the server).
+        # connections are being closed by the server), queued close() calls run.
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
