@@ -11,11 +11,13 @@ request costs, which does not depend on the neighbours:
   (`valgrind --tool=callgrind`, the interpreter, C extensions and libc
   included; the kernel's share is not counted): the same number on every run.
 
-The request is `GET /` with the head wrk sends, answered by the demo app
-(`native`) and by `hello_wsgi.py` through the WSGI adapter (`wsgi`), on one
-connection held by an in-process server over a socketpair, one loop turn per
-request.  `--baseline REV` measures that git revision of selserve too, side by
-side, so a change to the hot path is quoted against what it changes:
+The requests are those of `compare.py`'s workloads, with the head wrk sends:
+`GET /` answered by the demo app (`native`) and by `hello_wsgi.py` through the
+WSGI adapter (`wsgi`) on one keep-alive connection; the same with `Connection:
+close`, a new connection per request (`close`); and the demo's chunked stream of
+64 x 1 KiB (`stream`).  An in-process server answers over socketpairs, one loop
+turn per request.  `--baseline REV` measures that git revision of selserve too,
+side by side, so a change to the hot path is quoted against what it changes:
 
     .venv/bin/python benchmarks/hotpath.py --baseline main~3 --callgrind
 """
@@ -34,8 +36,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
-REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
-KINDS = ("native", "wsgi")
+HEAD = b"Host: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
+REQUESTS = {
+    "native": b"GET / HTTP/1.1\r\n" + HEAD + b"\r\n",
+    "wsgi": b"GET / HTTP/1.1\r\n" + HEAD + b"\r\n",
+    "close": b"GET / HTTP/1.1\r\n" + HEAD + b"Connection: close\r\n\r\n",
+    "stream": b"GET /stream?n=64&size=1024 HTTP/1.1\r\n" + HEAD + b"\r\n",
+}
+KINDS = tuple(REQUESTS)
 WARM_UP = 200
 TRACED = 200  # requests traced for the opcode count
 CALLGRIND_RUNS = (1_000, 3_000)  # the difference between the two runs is the per-request cost
@@ -50,24 +58,43 @@ def serve_requests(kind: str, count: int, trace: bool) -> float | None:
     from selserve.config import Config
     from selserve.server import Server, as_native
 
-    if kind == "native":
-        from selserve.demo import app
-    else:
+    if kind == "wsgi":
         sys.path.insert(0, str(BENCH_DIR))
         from hello_wsgi import app
+    else:
+        from selserve.demo import app
 
     config = Config(binds=["127.0.0.1:0"], keepalive_timeout=300, log_level="warning")
     server = Server(as_native(app, config), config)
     server._resume_accepting()  # (no listeners) as while serving: not paused at the cap
-    ours, theirs = socket.socketpair()
-    server.accepted(ours, ("127.0.0.1", 40000), ("127.0.0.1", 8000))
     turn = server.loop.run_once
+    request = REQUESTS[kind]
+    peer, local = ("127.0.0.1", 40000), ("127.0.0.1", 8000)
 
-    def one() -> None:
-        theirs.send(REQUEST)
-        turn()
-        if not theirs.recv(65536).startswith(b"HTTP/1.1 200 "):
+    def answer(theirs: socket.socket) -> None:
+        first = theirs.recv(1 << 20)
+        if not first.startswith(b"HTTP/1.1 200 "):
             raise SystemExit("not answered 200")
+        if kind == "stream":
+            while not first.endswith(b"0\r\n\r\n"):
+                first = theirs.recv(1 << 20)
+
+    if kind == "close":
+
+        def one() -> None:
+            ours, theirs = socket.socketpair()
+            with theirs:
+                theirs.send(request)
+                server.accepted(ours, peer, local)  # reads, answers and closes at once
+                answer(theirs)
+    else:
+        ours, theirs = socket.socketpair()
+        server.accepted(ours, peer, local)
+
+        def one() -> None:
+            theirs.send(request)
+            turn()
+            answer(theirs)
 
     for _ in range(WARM_UP):
         one()
@@ -168,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", metavar="REV", help="also measure this git revision")
     parser.add_argument(
-        "--callgrind", action="store_true", help="count instructions too (valgrind; ~1 min)"
+        "--callgrind", action="store_true", help="count instructions too (valgrind; minutes)"
     )
+    parser.add_argument("--only", nargs="+", choices=KINDS, help="these workloads only")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "N", "SOURCE"), help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -186,21 +214,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             trees.insert(0, unpack(args.baseline, Path(scratch)))
         rows = []
-        for kind in KINDS:
+        kinds = args.only or KINDS
+        for kind in kinds:
             for name, source in trees:
                 opcodes = opcodes_per_request(source, kind)
                 instr = instructions_per_request(source, kind) if args.callgrind else None
                 rows.append((kind, name, opcodes, instr))
-    print("| request | selserve | Python opcodes | vs first | instructions | vs first |")
+    print("| workload | selserve | Python opcodes | vs first | instructions | vs first |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for kind in KINDS:
+    for kind in kinds:
         mine = [row for row in rows if row[0] == kind]
         first = mine[0]
         for _, name, opcodes, instr in mine:
             ratio = f"{opcodes / first[2]:.3f}×"
             shown = f"{instr:,.0f}" if instr is not None else "-"
             instr_ratio = f"{instr / first[3]:.3f}×" if instr is not None else "-"
-            print(f"| {kind} hello | {name} | {opcodes:,.0f} | {ratio} | {shown} | {instr_ratio} |")
+            print(f"| {kind} | {name} | {opcodes:,.0f} | {ratio} | {shown} | {instr_ratio} |")
     return 0
 
 

@@ -439,6 +439,8 @@ class Connection:
         out = self.out
         producer = self.producer
         writer = self.exchange.writer
+        frame = writer.frame
+        limited = writer.limited
         added = 0
         while out.size < out.high_water:
             try:
@@ -454,9 +456,9 @@ class Connection:
             if piece is WAIT:
                 self.producer_waiting = True
                 return added
-            out.append(writer(piece))
+            out.append(frame(piece))
             added += len(piece)
-            if writer.done:  # its Content-Length is reached: what follows is not sent
+            if limited and writer.done:  # its Content-Length is reached: no more is sent
                 self._end_of_body()
                 return added
         return added

@@ -900,7 +900,7 @@ def test_a_streamed_answer_has_its_body_to_follow():
 
 
 def test_a_streamed_piece_is_framed_as_a_chunk():
-    assert streaming(GET).writer(b"hello") == b"5\r\nhello\r\n"
+    assert streaming(GET).writer.frame(b"hello") == b"5\r\nhello\r\n"
 
 
 def test_finishing_a_chunked_body_gives_the_last_chunk():
@@ -909,7 +909,7 @@ def test_finishing_a_chunked_body_gives_the_last_chunk():
 
 def test_a_chunked_answer_keeps_the_connection():
     exchange = streaming(GET)
-    exchange.writer(b"hello")
+    exchange.writer.frame(b"hello")
     exchange.finish_body()
     assert exchange.response_sent() is True
 
@@ -922,63 +922,63 @@ def test_a_streamed_answer_with_an_app_content_length_announces_it():
 
 def test_the_content_length_writer_passes_pieces_through():
     writer = streaming(GET, [("Content-Length", "5")]).writer
-    assert [writer(b"he"), writer(b"llo")] == [b"he", b"llo"]
+    assert [writer.frame(b"he"), writer.frame(b"llo")] == [b"he", b"llo"]
 
 
 def test_the_content_length_writer_is_done_at_the_length():
     writer = streaming(GET, [("Content-Length", "5")]).writer
-    writer(b"he")
-    writer(b"llo")
+    writer.frame(b"he")
+    writer.frame(b"llo")
     assert (writer.done, writer.problem) == (True, None)
 
 
 def test_the_content_length_writer_keeps_the_connection_for_an_exact_body():
     exchange = streaming(GET, [("Content-Length", "5")])
-    exchange.writer(b"hello")
+    exchange.writer.frame(b"hello")
     exchange.finish_body()
     assert exchange.response_sent() is True
 
 
 def test_the_content_length_writer_cuts_a_longer_body():
     writer = streaming(GET, [("Content-Length", "5")]).writer
-    assert [writer(b"abc"), writer(b"defg")] == [b"abc", b"de"]
+    assert [writer.frame(b"abc"), writer.frame(b"defg")] == [b"abc", b"de"]
 
 
 def test_a_cut_body_is_done():
     writer = streaming(GET, [("Content-Length", "5")]).writer
-    writer(b"abcdefg")
+    writer.frame(b"abcdefg")
     assert writer.done is True
 
 
 def test_a_cut_body_notes_the_problem():
     writer = streaming(GET, [("Content-Length", "5")]).writer
-    writer(b"abcdefg")
+    writer.frame(b"abcdefg")
     assert writer.problem == "body longer than its Content-Length"
 
 
 def test_a_cut_body_closes_the_connection():
     exchange = streaming(GET, [("Content-Length", "5")])
-    exchange.writer(b"abcdefg")
+    exchange.writer.frame(b"abcdefg")
     exchange.finish_body()
     assert exchange.response_sent() is False
 
 
 def test_finishing_a_short_body_adds_nothing():
     exchange = streaming(GET, [("Content-Length", "5")])
-    exchange.writer(b"abc")
+    exchange.writer.frame(b"abc")
     assert exchange.finish_body() == b""
 
 
 def test_a_short_body_notes_the_problem():
     exchange = streaming(GET, [("Content-Length", "5")])
-    exchange.writer(b"abc")
+    exchange.writer.frame(b"abc")
     exchange.finish_body()
     assert exchange.writer.problem == "body shorter than its Content-Length"
 
 
 def test_a_short_body_closes_the_connection():
     exchange = streaming(GET, [("Content-Length", "5")])
-    exchange.writer(b"abc")
+    exchange.writer.frame(b"abc")
     exchange.finish_body()
     assert exchange.response_sent() is False
 
@@ -991,7 +991,7 @@ def test_a_streamed_answer_on_http10_has_no_framing():
 
 def test_a_streamed_body_on_http10_is_close_delimited():
     exchange = streaming(HTTP10)
-    assert (exchange.writer(b"hello"), exchange.finish_body()) == (b"hello", b"")
+    assert (exchange.writer.frame(b"hello"), exchange.finish_body()) == (b"hello", b"")
 
 
 @pytest.mark.parametrize(
@@ -1001,7 +1001,7 @@ def test_a_streamed_body_on_http10_is_close_delimited():
 )
 def test_a_streamed_body_on_http10_closes_the_connection(raw):
     exchange = streaming(raw)
-    exchange.writer(b"hello")
+    exchange.writer.frame(b"hello")
     exchange.finish_body()
     assert exchange.response_sent() is False
 
@@ -1075,7 +1075,7 @@ def test_an_answer_after_abandon_frames_as_itself():
     exchange = streaming(GET)
     exchange.abandon()
     exchange.respond(200, [("Content-Length", "3")], None)
-    assert exchange.writer(b"abcdef") == b"abc"
+    assert exchange.writer.frame(b"abcdef") == b"abc"
 
 
 def test_an_answer_after_abandon_keeps_the_connection():

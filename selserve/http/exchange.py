@@ -19,7 +19,7 @@ driver, never a silent wrong answer.
     next_event()                      NEED_DATA, HEAD, READY, REFUSED or CLOSED
     read_body()                       after HEAD: read it (bytes of 100 Continue to send, maybe)
     respond(status, headers, ...)     bytes of the head (and a body known in full)
-    writer(piece) / finish_body()     bytes of a streamed body, framed
+    writer.frame(piece) / finish_body()   bytes of a streamed body, framed
     response_sent()                   the answer is out: keep the connection, or not
 """
 
@@ -93,6 +93,7 @@ _AFTER_HEAD = TRANSITIONS[IDLE, _HEAD]
 _AFTER_BODY = TRANSITIONS[BODY, _REQUEST]
 _AFTER_RESPOND = TRANSITIONS[APP, _RESPOND]
 _AFTER_KEEP_ALIVE = TRANSITIONS[SENDING, _KEEP_ALIVE]
+_AFTER_CLOSE = TRANSITIONS[SENDING, _CLOSE]
 
 
 class ExchangeError(RuntimeError):
@@ -139,18 +140,26 @@ class ExchangeSettings:
 
 
 # -- body writers: one per framing, each enforcing it (h11's _writers.py) -------------
+#
+# A writer's `frame(piece)` gives the bytes of one piece of a streamed body (never
+# given an empty one: the driver skips those), `finish()` the bytes that end the
+# body.  `limited` writers stop at a length: the driver asks `done` after each piece.
+# `frame` is a plain function where it can be (chunked, close-delimited): it runs for
+# every piece, and an instance's __call__ would cost a slot lookup each time.
+
+
+def _unframed(piece: bytes) -> bytes:
+    return piece
 
 
 class ChunkedWriter:
-    """Frames each piece as a chunk; `finish()` is the last-chunk.  (Like every
-    writer, it is given non-empty pieces: the driver skips empty ones.)"""
+    """Frames each piece as a chunk; `finish()` is the last-chunk."""
 
     __slots__ = ()
+    frame = staticmethod(chunk)
+    limited = False
     done = False  # a chunked body ends only when the producer does
     problem = None
-
-    def __call__(self, piece: bytes) -> bytes:
-        return chunk(piece)
 
     def finish(self) -> bytes:
         return LAST_CHUNK
@@ -162,6 +171,7 @@ class ContentLengthWriter:
     connection can tell the client, and `problem` says what happened."""
 
     __slots__ = ("remaining", "problem")
+    limited = True
 
     def __init__(self, length: int) -> None:
         self.remaining = length
@@ -171,7 +181,7 @@ class ContentLengthWriter:
     def done(self) -> bool:
         return self.remaining == 0
 
-    def __call__(self, piece: bytes) -> bytes:
+    def frame(self, piece: bytes) -> bytes:
         if len(piece) > self.remaining:
             self.problem = "body longer than its Content-Length"
             piece = piece[: self.remaining]
@@ -188,11 +198,10 @@ class CloseDelimitedWriter:
     """HTTP/1.0 without a length: the body ends when the connection does."""
 
     __slots__ = ()
+    frame = staticmethod(_unframed)
+    limited = False
     done = False
     problem = None
-
-    def __call__(self, piece: bytes) -> bytes:
-        return piece
 
     def finish(self) -> bytes:
         return b""
@@ -247,13 +256,12 @@ class ServerExchange:
         self.state = IDLE
         self.request: Request | None = None  # the request being answered
         self.body: RequestBody | None = None  # made for the first request with a body
-        self.keep_alive = True  # of the answer being sent
         self.linger = False  # the client may still be sending what we will not read
-        self.body_follows = False  # the answer's body goes out after its head
-        self.writer = _CLOSE_DELIMITED  # frames a streamed body
-        self.refusal = b""  # the error answer to send after REFUSED
-        self.refusal_status = 0
-        self.store_error: OSError | None = None  # why a body could not be stored
+        # Set by respond() for each answer (a connection that never answers never reads
+        # them): keep_alive (of the answer being sent), body_follows (its body goes out
+        # after its head), writer (frames a streamed body); and by a refusal: refusal
+        # (the error answer to send after REFUSED), refusal_status, store_error (why a
+        # body could not be stored, or None).
 
     def __repr__(self) -> str:
         return f"<ServerExchange {self.state}>"
@@ -300,8 +308,7 @@ class ServerExchange:
         except HTTPError as exc:
             return self._refuse(exc.status, exc.detail)
         except OSError as exc:  # the body's temporary file (a full disk)
-            self.store_error = exc
-            return self._refuse(503, "request body could not be stored")
+            return self._refuse(503, "request body could not be stored", exc)
 
     @property
     def head_started(self) -> bool:
@@ -322,7 +329,7 @@ class ServerExchange:
         self._refuse(status, detail)
         return self.refusal
 
-    def _refuse(self, status: int, detail: str):
+    def _refuse(self, status: int, detail: str, store_error: OSError | None = None):
         if self.state is IDLE:
             self.request = None  # its head never parsed: nothing to log or answer to
         self._move(_REFUSE)
@@ -330,6 +337,7 @@ class ServerExchange:
             self.body.discard()
         self.refusal = error_response(status, detail, self.settings.fixed)
         self.refusal_status = status
+        self.store_error = store_error
         self.keep_alive = False
         self.linger = True  # the client may be sending still: do not reset it
         self.body_follows = False
@@ -350,7 +358,7 @@ class ServerExchange:
         `body_length` is the body's length when it is known (bytes, a file), None
         when it is streamed.  Afterwards `body_follows` says whether the answer
         carries a body at all (not for HEAD, 204 or 304): then a file or stream not
-        given here must follow, a stream's pieces through `writer`.  Raises
+        given here must follow, a stream's pieces through `writer.frame`.  Raises
         `InvalidHeader` (a ValueError) for what an application may not answer; the
         driver then answers again.
         """
@@ -416,7 +424,7 @@ class ServerExchange:
             self.state = _AFTER_KEEP_ALIVE
             self.parser.start_next_request()
             return True
-        self._move(_CLOSE)
+        self.state = _AFTER_CLOSE
         if self.parser.buffered:
             self.linger = True  # pipelined requests we will not answer
         return False
