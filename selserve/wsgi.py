@@ -31,7 +31,7 @@ from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
 from .app import FileBody, Request, Response
-from .http.response import FIELD_NAME, INVALID_FIELD_VALUE
+from .http.response import check_headers
 
 __all__ = ["ErrorStream", "FileWrapper", "WSGIAdapter"]
 
@@ -42,22 +42,6 @@ errors_log = logging.getLogger("selserve.wsgi")
 # (PEP 3333 "Status-Code and Reason-Phrase separated by a single space";
 # RFC 9112 §4).  Only final statuses: WSGI has no way to send an interim 1xx.
 _STATUS = re.compile(r"([0-9]{3}) ([\t\x20-\x7e\x80-\xff]*)\Z")
-# PEP 3333 forbids applications to use hop-by-hop headers (RFC 2616 §13.5.1,
-# RFC 9110 §7.6.1): the server owns the connection and the framing.
-_HOP_BY_HOP = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    )
-)
 _WILDCARD_HOSTS = frozenset(("", "0.0.0.0", "::"))
 # environ keys every request has (HTTP_* and CONTENT_* only when the request has them).
 _PER_REQUEST_KEYS = (
@@ -364,7 +348,7 @@ class _Exchange:
         parsed = _STATUS_CODES.get(status) if type(status) is str else None
         if parsed is None:
             parsed = _parse_status(status)
-        self.headers, self.content_length = _check_headers(headers)
+        self.headers, self.content_length = check_headers(headers)
         self.status, self.reason = parsed
         return self.write
 
@@ -578,72 +562,6 @@ def _parse_status(status: str) -> tuple[int, str | None]:
 _STATUS_CODES: dict[str, tuple[int, str | None]] = {}
 _STANDARD_REASONS = {int(s): s.phrase for s in HTTPStatus}
 
-
-# Header lists already checked, by their (name, value) tuples: most applications
-# answer with the same few header sets over and over.  Bounded; cleared when full.
-_CHECKED_HEADERS: dict[tuple, tuple[tuple[tuple[str, str], ...], int | None]] = {}
-
-
-def _check_headers(headers) -> tuple[tuple[tuple[str, str], ...], int | None]:
-    """The application's headers, checked (as a tuple: nobody may change them after),
-    and the Content-Length they give (if any)."""
-    try:
-        key = tuple(headers)
-        known = _CHECKED_HEADERS.get(key)
-    except TypeError:  # not iterable, or unhashable pieces: the full check says why
-        key = known = None
-    if known is not None:
-        return known
-    checked, length = _check_headers_fully(headers)
-    known = (tuple(checked), length)
-    if key is not None:
-        if len(_CHECKED_HEADERS) >= _CACHE_MAX:
-            _CHECKED_HEADERS.clear()
-        _CHECKED_HEADERS[key] = known
-    return known
-
-
-def _check_headers_fully(headers) -> tuple[list[tuple[str, str]], int | None]:
-    if not isinstance(headers, (list, tuple)):
-        raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
-    checked = []
-    length = None
-    for item in headers:
-        if not isinstance(item, tuple) or len(item) != 2:
-            raise TypeError(f"a response header must be a (name, value) tuple, not {item!r}")
-        name, value = item
-        if not isinstance(value, str):
-            raise TypeError(f"header {name!r} has a {type(value).__name__} value, not str")
-        lower = _HEADER_NAMES.get(name) if type(name) is str else None
-        if lower is None:
-            lower = _check_name(name)
-        if INVALID_FIELD_VALUE.search(value):
-            raise ValueError(f"header {name!r} has a control or non-latin-1 character in its value")
-        if lower == "content-length":
-            declared = value.strip()
-            if not declared.isdigit() or not declared.isascii():
-                raise ValueError(f"invalid Content-Length {value!r}")
-            if length is not None and length != int(declared):
-                raise ValueError("conflicting Content-Length headers")
-            length = int(declared)
-        checked.append((name, value))
-    return checked, length
-
-
-def _check_name(name) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"a header name must be str, not {type(name).__name__}")
-    if not FIELD_NAME.match(name):
-        raise ValueError(f"invalid header name {name!r}")
-    lower = name.lower()
-    if lower in _HOP_BY_HOP:
-        raise ValueError(f"hop-by-hop header {name!r} is the server's business (PEP 3333)")
-    if len(_HEADER_NAMES) < _CACHE_MAX:
-        _HEADER_NAMES[name] = lower
-    return lower
-
-
-_HEADER_NAMES: dict[str, str] = {}
 
 _DROP = "<drop>"  # environ key of a header that must not reach the application
 

@@ -32,6 +32,7 @@ from helpers import (
 
 import tests.wsgi_apps as apps
 from selserve.app import FileBody, Request, Response
+from selserve.http import response as wire
 from selserve.wsgi import FileWrapper, WSGIAdapter
 
 PEER = ("192.0.2.7", 51234)
@@ -588,7 +589,6 @@ def test_invalid_header_is_a_500(header):
 @pytest.mark.parametrize(
     "name",
     [
-        "Connection",
         "keep-alive",
         "Transfer-Encoding",
         "Upgrade",
@@ -601,6 +601,23 @@ def test_invalid_header_is_a_500(header):
 def test_hop_by_hop_header_from_the_app_is_a_500(name):
     response, _ = respond(simple_app(headers=[(name, "close")]))
     assert response.status == 500
+
+
+def test_an_apps_connection_close_is_honoured_as_for_native_apps():
+    # One policy for every app (http/response.py): the server owns the connection, so
+    # Connection is never copied, but an app asking to close is heard.
+    response, _ = respond(simple_app(headers=[("Connection", "close")]))
+    head = wire.build_head(
+        response.status,
+        response.headers,
+        method="GET",
+        http11=True,
+        keep_alive=True,
+        body_length=2,
+        fixed=b"",
+    )
+    assert response.status == 200 and head[3] is False
+    assert head[0].count(b"Connection: close") == 1
 
 
 @pytest.mark.parametrize("headers", [("X-A", "v"), {"X-A": "v"}, [("X-A", "v", "w")], ["X-A"]])
@@ -1537,18 +1554,16 @@ def test_flask_head_request_has_the_get_length(flask_server):
     assert head.content == b""
 
 
-def test_checked_header_cache_hands_out_immutable_copies_and_never_caches_refusals():
-    from selserve.wsgi import _check_headers
-
+def test_checked_headers_are_immutable_copies_and_refusals_are_never_remembered():
     headers = [("Content-Type", "text/plain"), ("Content-Length", "5")]
-    first, length = _check_headers(headers)
+    first, length = wire.check_headers(headers)
     headers.append(("X-Mutated", "1"))  # the app's list changing does not reach ours
     assert (first, length) == (tuple(headers[:2]), 5)
     with pytest.raises(AttributeError):
         first.append(("X-Mutated", "1"))  # type: ignore[attr-defined]
-    second, again = _check_headers(headers[:2])
+    second, again = wire.check_headers(headers[:2])
     assert (second, again) == (first, 5)
     bad = [("X-Bad", "a\r\nb")]
     for _ in range(2):
         with pytest.raises(ValueError):
-            _check_headers(bad)
+            wire.check_headers(bad)

@@ -29,8 +29,24 @@ INVALID_FIELD_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
 # reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )           ; RFC 9112 §4
 INVALID_REASON = INVALID_FIELD_VALUE
 
-# Headers the server computes itself; an app's own are read or dropped, not copied.
-_SERVER_OWNED = frozenset(("content-length", "transfer-encoding", "connection", "date"))
+# Fields the server owns: an app's own are read (Content-Length, Connection), dropped
+# (Date) or refused (the other hop-by-hop fields, RFC 9110 §7.6.1), never copied.
+_SERVER_OWNED = frozenset(
+    (
+        "content-length",
+        "connection",
+        "date",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
 
 # `body_length` of a HEAD answer whose length only a GET would tell (the app gave
 # none and produced no content): the head announces no framing at all, which
@@ -188,41 +204,71 @@ _HEADER_CACHE_MAX = 512
 def encode_headers(headers) -> tuple[bytes, int | None, bool, bool]:
     """(encoded block, app Content-Length, app asked to close, app named a Server).
 
-    Checks every name and value: a bad one raises `InvalidHeader` and is never
-    cached, so it is checked (and refused) every time.
+    The one check of an application's headers, for native and WSGI apps alike
+    (see `_check_and_encode`).  Header lists already checked are remembered by
+    their tuples (apps send the same few over and over); a refused one is never
+    remembered, so it is refused every time.
     """
     try:
         key = tuple(headers)
         cached = _HEADER_CACHE.get(key)
-    except TypeError:  # unhashable pieces (lists): encode without caching
+    except TypeError:  # unhashable pieces (lists): checked without remembering
         key = cached = None
     if cached is not None:
         return cached
-    lines = []
-    app_length: int | None = None
-    wants_close = names_server = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _SERVER_OWNED:
-            if lower == "content-length":
-                app_length = _parse_length(value)
-            elif lower == "connection" and "close" in value.lower():
-                wants_close = True
-            # Transfer-Encoding and Date are the server's business: dropped.
-            continue
-        if lower == "server":
-            names_server = True
-        if not FIELD_NAME.match(name):
-            raise InvalidHeader(f"invalid header name {name!r}")
-        if INVALID_FIELD_VALUE.search(value):
-            raise InvalidHeader(f"header {name!r} has a control character in its value")
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    result = (b"".join(lines), app_length, wants_close, names_server)
+    result = _check_and_encode(headers)
     if key is not None:
         if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
             _HEADER_CACHE.clear()
         _HEADER_CACHE[key] = result
     return result
+
+
+def check_headers(headers) -> tuple[tuple[tuple[str, str], ...], int | None]:
+    """An application's headers checked as `encode_headers` does, as a tuple (nobody can
+    change them afterwards), and the Content-Length they give.  Raises InvalidHeader."""
+    app_length = encode_headers(headers)[1]
+    return (headers if type(headers) is tuple else tuple(headers)), app_length
+
+
+def _check_and_encode(headers) -> tuple[bytes, int | None, bool, bool]:
+    # The policy: a list (or tuple) of (name, value) str pairs; names are tokens and
+    # values hold no control character but HTAB (RFC 9110 §5.1, §5.5).  The fields that
+    # frame the message and the connection are the server's: an app's Content-Length
+    # is read (the server enforces it) and Connection: close is honoured, neither is
+    # copied; its Date is dropped; any other hop-by-hop field is refused (RFC 9110
+    # §7.6.1, as PEP 3333 asks of WSGI apps).
+    if not isinstance(headers, (list, tuple)):
+        raise InvalidHeader(f"response headers must be a list, not {type(headers).__name__}")
+    lines = []
+    app_length: int | None = None
+    wants_close = names_server = False
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise InvalidHeader(f"a response header must be a (name, value) tuple, not {item!r}")
+        name, value = item
+        if not isinstance(name, str) or not FIELD_NAME.match(name):
+            raise InvalidHeader(f"invalid header name {name!r}")
+        if not isinstance(value, str):
+            raise InvalidHeader(f"header {name!r} has a {type(value).__name__} value, not str")
+        if INVALID_FIELD_VALUE.search(value):
+            raise InvalidHeader(f"header {name!r} has a control or non-latin-1 character")
+        lower = name.lower()
+        if lower in _SERVER_OWNED:
+            if lower == "content-length":
+                length = _parse_length(value)
+                if app_length is not None and length != app_length:
+                    raise InvalidHeader("conflicting Content-Length headers")
+                app_length = length
+            elif lower == "connection":
+                wants_close = wants_close or "close" in value.lower()
+            elif lower != "date":
+                raise InvalidHeader(f"hop-by-hop header {name!r} is the server's business")
+            continue
+        if lower == "server":
+            names_server = True
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    return b"".join(lines), app_length, wants_close, names_server
 
 
 def _parse_length(value: str) -> int:
