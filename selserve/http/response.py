@@ -227,8 +227,14 @@ def encode_headers(headers) -> tuple[bytes, int | None, bool, bool]:
 def check_headers(headers) -> tuple[tuple[tuple[str, str], ...], int | None]:
     """An application's headers checked as `encode_headers` does, as a tuple (nobody can
     change them afterwards), and the Content-Length they give.  Raises InvalidHeader."""
-    app_length = encode_headers(headers)[1]
-    return (headers if type(headers) is tuple else tuple(headers)), app_length
+    try:
+        key = tuple(headers)
+        cached = _HEADER_CACHE.get(key)
+    except TypeError:  # unhashable pieces: encode_headers refuses them
+        key = cached = None
+    if cached is None:
+        cached = encode_headers(headers)  # checks (raises InvalidHeader), remembers
+    return key, cached[1]
 
 
 def _check_and_encode(headers) -> tuple[bytes, int | None, bool, bool]:
