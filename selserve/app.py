@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable
 from typing import BinaryIO
 
+from .buffer import FileRange
 from .http.parser import Request as RequestHead
 
 
@@ -83,20 +84,18 @@ class Request(RequestHead):
         return f"<Request {self.method} {self.target} {self.version}>"
 
 
-class FileBody:
-    """`count` bytes of an open binary file from `offset`, sent without copying.
-
-    The server closes `fileobj` when the response ends, however it ends.
+class FileBody(FileRange):
+    """`count` bytes of an open binary file from `offset` (to its end by default), sent
+    without copying: the write buffer's `FileRange`, plus the `close()` the server
+    calls when the response ends, however it ends.
     """
 
-    __slots__ = ("fileobj", "offset", "count")
+    __slots__ = ()
 
     def __init__(self, fileobj, offset: int = 0, count: int | None = None) -> None:
         if count is None:
             count = os.fstat(fileobj.fileno()).st_size - offset
-        self.fileobj = fileobj
-        self.offset = offset
-        self.count = count
+        super().__init__(fileobj, offset, count)
 
     def close(self) -> None:
         self.fileobj.close()

@@ -55,6 +55,7 @@ from functools import lru_cache
 from urllib.parse import quote, unquote_to_bytes
 
 from .app import FileBody, Request, Response
+from .http.abnf import TOKEN
 
 try:
     import fcntl
@@ -92,7 +93,7 @@ _ENTITY_TAG = re.compile(r'[\s,]*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
 # int-range = first-pos "-" [ last-pos ] ; suffix-range = "-" suffix-length (§14.1.1)
 _RANGE_SPEC = re.compile(r"(\d*)-(\d*)")
 # Accept-Encoding member: codings [ weight ] (§12.5.3)
-_CODING = re.compile(r"\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*(?:;\s*[qQ]\s*=\s*([0-9.]+))?\s*")
+_CODING = re.compile(rf"\s*({TOKEN})\s*(?:;\s*[qQ]\s*=\s*([0-9.]+))?\s*")
 
 # A byte position with more digits than this is past the end of any file.
 _MAX_POSITION_DIGITS = 18

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
-from .app import FileBody, Request, Response
+from .app import FileBody, Request, Response, close_body
 from .http.response import check_headers
 
 __all__ = ["ErrorStream", "FileWrapper", "WSGIAdapter"]
@@ -144,10 +144,7 @@ class WSGIAdapter:
             # Nothing was handed to the connection: the close() is ours to make.
             if not exchange.result_closed:
                 exchange.result_closed = True
-                try:
-                    _close(result)
-                except Exception:
-                    log.exception("error closing the WSGI iterable of %s", request.target)
+                close_body(result, log)
             if not isinstance(exc, Exception):
                 raise
             if isinstance(exc, _NoStartResponse):
@@ -197,7 +194,7 @@ class WSGIAdapter:
         if first is _END and not exchange.headers_sent:
             # Exhausted without a byte: the whole body is what write() got.
             exchange.result_closed = True
-            _close(result)
+            close_body(result, log)
             return _known_response(exchange, list(exchange.written or ()), method)
         exchange.headers_sent = True
         pending = exchange.written
@@ -403,7 +400,7 @@ class _Body:
         self.closed = True
         self.iterator = _EMPTY
         self.pending.clear()
-        _close(self.result)
+        close_body(self.result, log)
 
 
 class _EmptyInput(io.BufferedIOBase):
@@ -643,9 +640,3 @@ def _stream_size(stream) -> int:
     size = stream.seek(0, os.SEEK_END)
     stream.seek(position)
     return size - position
-
-
-def _close(result) -> None:
-    close = getattr(result, "close", None)
-    if close is not None:
-        close()

@@ -117,10 +117,6 @@ class Request:
                 return value
         return default
 
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
     def __eq__(self, other: object) -> bool:
         if type(other) is not Request:
             return NotImplemented
