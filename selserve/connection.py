@@ -7,7 +7,8 @@ transport into the exchange, hands each request to dispatch, writes answers
 through its bounded `WriteBuffer`, pulls a streamed body only while the buffer
 has room, keeps the one record of what the loop watches for it, and runs one
 timer for whichever deadline applies.  It sees its server only through a
-narrow `ConnectionContext`.
+narrow `ConnectionContext` (context.py), and a streamed body through its
+`BodyProducer` (producer.py).
 
 Every way a connection ends goes through `close(reason)`: unwatch, close the
 transport, cancel the timer, release the bodies, free the slot (the last in a
@@ -21,12 +22,11 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections import Counter
-from collections.abc import Callable
 
 from .app import FileBody, Request, Response, close_body, internal_error
 from .backends import READABLE, WRITABLE
 from .buffer import WriteBuffer
+from .context import ConnectionContext
 from .http.exchange import (
     APP,
     BODY,
@@ -37,12 +37,11 @@ from .http.exchange import (
     READY,
     REFUSED,
     SENDING,
-    ExchangeSettings,
     ServerExchange,
 )
 from .http.response import UNANNOUNCED
+from .producer import ENDED, WAITING, BodyProducer
 from .transport import Transport
-from .workers import WAIT
 
 log = logging.getLogger("selserve")
 
@@ -75,71 +74,6 @@ LINGER_READS = 16
 
 # What the connection is doing with its transport.
 OPEN, LINGERING, CLOSED_IO = "open", "lingering", "closed"
-
-
-class ConnectionContext:
-    """What a connection may know of its server: settings, shared registries and the
-    few things it reports.  The server fills it in and keeps it current."""
-
-    __slots__ = (
-        "loop",
-        "settings",
-        "dispatch",
-        "header_timeout",
-        "body_timeout",
-        "write_timeout",
-        "keepalive_timeout",
-        "high_water",
-        "low_water",
-        "idle",
-        "accepting",
-        "access_log",
-        "debug",
-        "counters",
-        "requests",
-        "closed",
-        "became_idle",
-        "body_store_failed",
-    )
-
-    def __init__(
-        self,
-        *,
-        loop,
-        settings: ExchangeSettings,
-        dispatch,
-        closed: Callable[[Connection, str], None],
-        became_idle: Callable[[], None],
-        body_store_failed: Callable[[OSError], None],
-        header_timeout: float = 10.0,
-        body_timeout: float = 30.0,
-        write_timeout: float = 30.0,
-        keepalive_timeout: float = 5.0,
-        high_water: int = 256 * 1024,
-        low_water: int = 64 * 1024,
-        access_log=None,
-        debug: bool = False,
-    ) -> None:
-        self.loop = loop
-        self.settings = settings  # shared by every connection's exchange
-        self.dispatch = dispatch
-        self.header_timeout = header_timeout
-        self.body_timeout = body_timeout
-        self.write_timeout = write_timeout
-        self.keepalive_timeout = keepalive_timeout
-        self.high_water = high_water
-        self.low_water = low_water
-        # Connections with no request in progress, oldest-idle first (dicts keep
-        # insertion order), with the loop time each went idle: reclaimable at the cap.
-        self.idle: dict[Connection, float] = {}
-        self.accepting = False  # False while the server is not accepting (at the cap, say)
-        self.access_log = access_log
-        self.debug = debug
-        self.counters: Counter[str] = Counter()
-        self.requests = 0
-        self.closed = closed  # (connection, reason): the connection has ended
-        self.became_idle = became_idle  # a connection went idle while accepting is paused
-        self.body_store_failed = body_store_failed  # (OSError): a spill file failed
 
 
 class Connection:
@@ -179,7 +113,7 @@ class Connection:
         )
         self.out = WriteBuffer(context.high_water, context.low_water)
         self.io_state = OPEN
-        self.producer = None  # iterator of a streamed body, while one is being pulled
+        self.producer: BodyProducer | None = None  # a streamed body, while it is pulled
         self.producer_waiting = False  # a threaded body has nothing yet; resume() follows
         self.closeable = None  # the response body whose close() we owe the application
         self.response_mark = 0  # bytes_sent + pending when this response began
@@ -378,7 +312,7 @@ class Connection:
 
     def _start_producer(self, body) -> bool:
         try:
-            self.producer = iter(body)
+            self.producer = BodyProducer(iter(body), self.exchange)
         except TypeError as exc:
             log.error("response body of %s is not iterable: %s", self.exchange.request.target, exc)
             self._answer_failed()
@@ -397,20 +331,27 @@ class Connection:
             self._advance()
 
     def _pump(self) -> None:
-        """Fill the buffer from the producer (below high water) and flush it."""
+        """Fill the buffer from the producer (below low water) and flush it."""
         out = self.out
         produced = 0
         while True:
-            if (
-                self.producer is not None
-                and out.size <= out.low_water
-                and not self.producer_waiting
-            ):
-                added = self._produce()
-                if added < 0:  # the body raised
+            producer = self.producer
+            if producer is not None and out.size <= out.low_water and not self.producer_waiting:
+                added = producer.fill(out)
+                if added >= 0:
+                    produced += added
+                elif added == ENDED:
+                    self._end_of_body()
+                elif added == WAITING:
+                    self.producer_waiting = True
+                else:
+                    log.error(
+                        "application error while streaming %s",
+                        self.exchange.request.target,
+                        exc_info=producer.failure,
+                    )
                     self._answer_failed()
                     return
-                produced += added
             try:
                 drained = out.flush(self.transport)
             except (OSError, EOFError) as exc:
@@ -434,38 +375,8 @@ class Connection:
                 self._arm(self.context.write_timeout, WRITE_TIMEOUT)
                 return
 
-    def _produce(self) -> int:
-        """Pull body pieces until high water; the bytes added, or -1 if the body raised."""
-        out = self.out
-        producer = self.producer
-        writer = self.exchange.writer
-        frame = writer.frame
-        limited = writer.limited
-        added = 0
-        while out.size < out.high_water:
-            try:
-                piece = next(producer)
-            except StopIteration:
-                self._end_of_body()
-                return added
-            except Exception:
-                log.exception("application error while streaming %s", self.exchange.request.target)
-                return -1
-            if not piece:
-                continue
-            if piece is WAIT:
-                self.producer_waiting = True
-                return added
-            out.append(frame(piece))
-            added += len(piece)
-            if limited and writer.done:  # its Content-Length is reached: no more is sent
-                self._end_of_body()
-                return added
-        return added
-
     def _end_of_body(self) -> None:
         self.producer = None
-        self.out.append(self.exchange.finish_body())
         problem = self.exchange.writer.problem
         if problem is not None:
             log.error("%s: %s", self.exchange.request.target, problem)

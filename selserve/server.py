@@ -33,7 +33,8 @@ from .accesslog import AccessLog, clf_time
 from .app import Request, Response
 from .backends import READABLE
 from .config import Config
-from .connection import INTERNAL_ERROR, RECLAIMED, SHUTDOWN, Connection, ConnectionContext
+from .connection import INTERNAL_ERROR, RECLAIMED, SHUTDOWN, Connection
+from .context import ConnectionContext
 from .dispatch import Dispatch, as_native
 from .http import response as wire
 from .http.exchange import ExchangeSettings

@@ -21,8 +21,8 @@ from selserve.connection import (
     SEND_ERROR,
     WRITE_TIMEOUT,
     Connection,
-    ConnectionContext,
 )
+from selserve.context import ConnectionContext
 from selserve.dispatch import Dispatch
 from selserve.http.exchange import ExchangeSettings
 from selserve.workers import WAIT

@@ -1,0 +1,85 @@
+"""What a connection may know of its server: the `ConnectionContext`.
+
+Connections never see the `Server`: they get this narrow object, which the
+server fills in and keeps current, with the settings their exchanges share,
+the dispatch that answers their requests, their timeouts and water marks, the
+registry of idle connections (the ones reclaimed at the cap), the counters and
+the access log, and three callbacks for what they report.  It holds data and
+does nothing: no I/O, no import of connection.py or server.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .http.exchange import ExchangeSettings
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class ConnectionContext:
+    """What a connection may know of its server: settings, shared registries and the
+    few things it reports.  The server fills it in and keeps it current."""
+
+    __slots__ = (
+        "loop",
+        "settings",
+        "dispatch",
+        "header_timeout",
+        "body_timeout",
+        "write_timeout",
+        "keepalive_timeout",
+        "high_water",
+        "low_water",
+        "idle",
+        "accepting",
+        "access_log",
+        "debug",
+        "counters",
+        "requests",
+        "closed",
+        "became_idle",
+        "body_store_failed",
+    )
+
+    def __init__(
+        self,
+        *,
+        loop,
+        settings: ExchangeSettings,
+        dispatch,
+        closed: Callable[[Connection, str], None],
+        became_idle: Callable[[], None],
+        body_store_failed: Callable[[OSError], None],
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        write_timeout: float = 30.0,
+        keepalive_timeout: float = 5.0,
+        high_water: int = 256 * 1024,
+        low_water: int = 64 * 1024,
+        access_log=None,
+        debug: bool = False,
+    ) -> None:
+        self.loop = loop
+        self.settings = settings  # shared by every connection's exchange
+        self.dispatch = dispatch
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.write_timeout = write_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.high_water = high_water
+        self.low_water = low_water
+        # Connections with no request in progress, oldest-idle first (dicts keep
+        # insertion order), with the loop time each went idle: reclaimable at the cap.
+        self.idle: dict[Connection, float] = {}
+        self.accepting = False  # False while the server is not accepting (at the cap, say)
+        self.access_log = access_log
+        self.debug = debug
+        self.counters: Counter[str] = Counter()
+        self.requests = 0
+        self.closed = closed  # (connection, reason): the connection has ended
+        self.became_idle = became_idle  # a connection went idle while accepting is paused
+        self.body_store_failed = body_store_failed  # (OSError): a spill file failed

@@ -1,0 +1,63 @@
+"""Pulling an application's streamed body into a write buffer, as far as it may go.
+
+A `BodyProducer` holds the iterator of one response body and the writer of the
+HTTP exchange that frames it.  `fill(out)` pulls pieces while the buffer is
+below its high-water mark, so a body yielding gigabytes to a client that reads
+nothing holds about that much memory, and says what happened: bytes added, the
+body ended (its framing closed: a last chunk), nothing more yet (a threaded
+body's `WAIT`: the worker resumes the connection later), or the body raised.
+
+It calls the application's iterator and nothing else: no socket, no timer, no
+close().  Flushing, watching and closing are the connection's business.
+"""
+
+from __future__ import annotations
+
+from .buffer import WriteBuffer
+from .http.exchange import ServerExchange
+from .workers import WAIT
+
+# What fill() reports besides a number of bytes added.
+ENDED = -1  # the body is complete and framed: once flushed, the answer is out
+WAITING = -2  # a threaded body has nothing yet; the worker calls resume()
+FAILED = -3  # the application's iterator raised (the caller logs it)
+
+
+class BodyProducer:
+    """One streamed response body (see the module docstring)."""
+
+    __slots__ = ("iterator", "exchange", "writer", "frame", "limited", "failure")
+
+    def __init__(self, iterator, exchange: ServerExchange) -> None:
+        self.iterator = iterator
+        self.exchange = exchange
+        self.writer = writer = exchange.writer
+        self.frame = writer.frame
+        self.limited = writer.limited
+        self.failure: Exception | None = None  # what the iterator raised (FAILED)
+
+    def fill(self, out: WriteBuffer) -> int:
+        """Pull pieces until `out` reaches high water: the bytes added, or ENDED,
+        WAITING or FAILED (the pieces pulled before those are in `out` already)."""
+        iterator = self.iterator
+        frame = self.frame
+        added = 0
+        while out.size < out.high_water:
+            try:
+                piece = next(iterator)
+            except StopIteration:
+                out.append(self.exchange.finish_body())
+                return ENDED
+            except Exception as exc:
+                self.failure = exc
+                return FAILED
+            if not piece:
+                continue
+            if piece is WAIT:
+                return WAITING
+            out.append(frame(piece))
+            added += len(piece)
+            if self.limited and self.writer.done:  # its Content-Length is reached
+                out.append(self.exchange.finish_body())
+                return ENDED
+        return added
