@@ -58,6 +58,8 @@ DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 DEFAULT_CHART = ROOT / "docs" / "benchmarks.png"
 sys.path.insert(0, str(ROOT))
 
+from revision import unpack  # noqa: E402
+
 from selserve import backends  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -983,26 +985,7 @@ def baseline_servers(revision: str, directory: Path) -> list[ServerSpec]:
     """selserve as of `revision` (a git revision of this repository), unpacked into
     `directory`: the demo app on the default backend, and the WSGI hello, so that a
     change to the hot path is measured side by side with what it changes."""
-    try:
-        short = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", revision],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", short, "selserve"],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SystemExit(
-            f"--baseline {revision!r}: not a revision git can archive here ({exc})"
-        ) from None
-    directory.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True, timeout=60)
+    short = unpack(revision, directory)
     best = backends.best()
     demo = selserve_spec(best)
     demo.name, demo.source, demo.backend = f"selserve@{short}", directory, None

@@ -34,6 +34,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from revision import unpack
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 HEAD = b"Host: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
@@ -173,24 +175,6 @@ def instructions_per_request(source: Path, kind: str) -> float:
     return (instructions(source, kind, high) - instructions(source, kind, low)) / (high - low)
 
 
-def unpack(revision: str, directory: Path) -> tuple[str, Path]:
-    short = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", revision],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout.strip()
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", short, "selserve"],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True, timeout=60)
-    return short, directory
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", metavar="REV", help="also measure this git revision")
@@ -212,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="selserve-hotpath-") as scratch:
         trees = [("current", ROOT)]
         if args.baseline:
-            trees.insert(0, unpack(args.baseline, Path(scratch)))
+            trees.insert(0, (unpack(args.baseline, Path(scratch)), Path(scratch)))
         rows = []
         kinds = args.only or KINDS
         for kind in kinds:

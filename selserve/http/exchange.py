@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from .body import RequestBody
 from .errors import HTTPError
-from .parser import CLOSED, NEED_DATA, Data, EndOfMessage, Request, RequestParser
+from .parser import CLOSED, NEED_DATA, Data, EndOfMessage, Request, RequestParser, _Sentinel
 from .response import CONTINUE, LAST_CHUNK, build_head, chunk, error_response
 
 __all__ = [
@@ -44,16 +44,6 @@ __all__ = [
     "ExchangeSettings",
     "ServerExchange",
 ]
-
-
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
 
 
 # What next_event() returns besides the parser's NEED_DATA and CLOSED.
