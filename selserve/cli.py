@@ -16,12 +16,14 @@ import sys
 import traceback
 import typing
 
-from . import backends
+from . import __version__, backends
 from .config import Config, settings
 from .dispatch import as_native
-from .server import BindError, Server, raise_open_file_limit
+from .server import BindError, Server, create_listener, listener_url, raise_open_file_limit
 
 USAGE_ERROR = 2
+
+log = logging.getLogger("selserve")
 
 
 class UsageError(Exception):
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--list-backends", action="store_true", help="print the backends usable here and exit"
     )
+    parser.add_argument("--version", action="version", version=f"selserve {__version__}")
     hints = typing.get_type_hints(Config)
     for field in settings():
         flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
@@ -193,9 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         logging.basicConfig(
             level=config.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            # With workers, each line says which process wrote it.
+            format="%(asctime)s %(levelname)s %(name)s"
+            + (" [%(process)d]" if config.worker_count > 1 else "")
+            + ": %(message)s",
             stream=sys.stderr,
         )
+        if config.worker_count > 1:
+            return _supervise(args.app, config)
         app = build_app(args.app, config)
         raise_open_file_limit()
         server = Server(app, config)
@@ -206,5 +214,43 @@ def main(argv: list[str] | None = None) -> int:
             print(exc.traceback, file=sys.stderr)
         print(f"selserve: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    server.serve_forever()
+    _announce(args.app, config, server.urls, server.backend.name)
+    server.serve_forever(announce=False)
     return 0
+
+
+def _supervise(spec: str | None, config: Config) -> int:
+    """--workers N: open the listeners here, import the app in each worker."""
+    from .supervisor import Supervisor
+
+    if config.chdir:
+        # Relative paths (unix: binds, --root, the app) mean the same here and there.
+        config.chdir = os.path.abspath(config.chdir)
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            raise UsageError(f"--chdir {config.chdir!r}: {exc.strerror}") from None
+    raise_open_file_limit()
+    listeners = []
+    try:
+        for address in config.binds:
+            listeners.append((create_listener(address, config.backlog), address))
+    except BindError:
+        for sock, _ in listeners:
+            sock.close()
+        raise
+    urls = [listener_url(sock) for sock, _ in listeners]
+    _announce(spec, config, urls, backends.backend_class(config.backend).name)
+    supervisor = Supervisor(config, lambda: build_app(spec, config), listeners)
+    return supervisor.run()
+
+
+def _announce(spec: str | None, config: Config, urls: list[str], backend: str) -> None:
+    """The start-up line a deployer reads: what is served, where, and how."""
+    what = f"app {spec}" if spec else f"directory {os.path.abspath(config.root)}"
+    workers = config.worker_count
+    how = [f"backend {backend}", f"{workers} worker{'' if workers == 1 else 's'}"]
+    if spec:
+        how.append(f"{config.threads} thread{'' if config.threads == 1 else 's'}")
+    how += [f"static {mount}" for mount in config.static]
+    log.info("selserve %s: %s on %s (%s)", __version__, what, ", ".join(urls), ", ".join(how))

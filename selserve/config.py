@@ -2,14 +2,15 @@
 
 `Config` is the single typed source of settings: the command line (`cli.py`),
 the embedding API (`serve(app, **settings)`) and the README's table are all
-derived from the field list below.  Nothing here opens a socket or reads the
-environment apart from `default_max_connections()`, which asks the process
-for its open-file limit.
+derived from the field list below.  Nothing here opens a socket; the environment is
+read only for the open-file limit (`default_max_connections()`) and for
+`$WEB_CONCURRENCY`, the default of --workers as platforms set it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import resource
 from dataclasses import dataclass, field
@@ -129,6 +130,12 @@ class Config:
     threads: int = _setting(
         0, "run WSGI apps in a pool of N threads; 0 runs them inline", metavar="N"
     )
+    workers: str = _setting(
+        "",
+        "worker processes sharing the listeners, under a supervisor: N, or auto for the "
+        "CPU count (default: $WEB_CONCURRENCY, else 1: one process, no supervisor)",
+        metavar="N",
+    )
     root_path: str = _setting(
         "", "WSGI SCRIPT_NAME: the URL prefix the app is mounted at", metavar="P"
     )
@@ -191,6 +198,10 @@ class Config:
             raise ValueError("at least one --bind address is needed")
         for mount in self.static:
             parse_static_mount(mount)
+        workers = self.workers or os.environ.get("WEB_CONCURRENCY", "")
+        if workers and workers != "auto" and (not workers.isdigit() or int(workers) < 1):
+            where = "--workers" if self.workers else "$WEB_CONCURRENCY"
+            raise ValueError(f"{where} must be a number of processes (1 or more) or auto")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError("--root-path must start with / and not end with one, e.g. /app")
 
@@ -198,6 +209,14 @@ class Config:
     def static_mounts(self) -> list[tuple[str, str, bool]]:
         """--static values as (URL prefix without trailing slash, directory, listing)."""
         return [parse_static_mount(mount) for mount in self.static]
+
+    @property
+    def worker_count(self) -> int:
+        """--workers resolved: auto is the CPU count; unset, $WEB_CONCURRENCY or 1."""
+        value = self.workers or os.environ.get("WEB_CONCURRENCY", "") or "1"
+        if value == "auto":
+            return os.cpu_count() or 1
+        return int(value)
 
     @property
     def connection_limit(self) -> int:

@@ -121,6 +121,14 @@ def create_listener(address: str, backlog: int) -> socket.socket:
     return sock
 
 
+def listener_url(sock: socket.socket) -> str:
+    """Where a listening socket can be reached: http://HOST:PORT or unix:PATH."""
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _remove_stale_unix_socket(path: str) -> None:
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
@@ -144,13 +152,16 @@ def raise_open_file_limit() -> int:
 class Listener:
     """A listening socket as a loop handler: readable means 'connections are waiting'."""
 
-    __slots__ = ("server", "sock", "fd", "address", "unix_path", "local")
+    __slots__ = ("server", "sock", "fd", "address", "unix_path", "local", "owned")
 
-    def __init__(self, server: Server, sock: socket.socket, address: str) -> None:
+    def __init__(self, server: Server, sock: socket.socket, address: str, owned: bool = True):
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
         self.address = address
+        # A listener handed down by a supervisor is shared: closing our copy must not
+        # remove its Unix socket's path (the other workers still listen there).
+        self.owned = owned
         self.unix_path = address[5:] if sock.family == socket.AF_UNIX else None
         # What applications see as the server's address (port 0 resolved).
         self.local = self.unix_path if self.unix_path is not None else sock.getsockname()[:2]
@@ -166,14 +177,11 @@ class Listener:
 
     @property
     def url(self) -> str:
-        if self.unix_path is not None:
-            return f"unix:{self.unix_path}"
-        host, port = self.sock.getsockname()[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return listener_url(self.sock)
 
     def close(self) -> None:
         self.sock.close()
-        if self.unix_path:
+        if self.unix_path and self.owned:
             try:
                 os.unlink(self.unix_path)
             except OSError:
@@ -228,6 +236,9 @@ class Server:
         self.idle = self.context.idle
         self.counters = self.context.counters
         self.stopping = False
+        # A worker under a supervisor stops by draining: idle keep-alive connections are
+        # not closed in the client's face but answered once more, with Connection: close.
+        self.drain_on_stop = False
         self.started = time.time()
         self.bytes_in = 0  # of closed connections; live ones add theirs in stats()
         self.bytes_out = 0
@@ -263,24 +274,37 @@ class Server:
             self.listeners.clear()
             raise
 
+    def adopt(self, sock: socket.socket, address: str) -> None:
+        """Serve on a listening socket opened elsewhere (a supervisor's, shared with
+        other workers): closing our copy leaves the socket to the others."""
+        sock.setblocking(False)
+        self.listeners.append(Listener(self, sock, address, owned=False))
+
     @property
     def urls(self) -> list[str]:
         return [listener.url for listener in self.listeners]
 
-    def serve_forever(self) -> None:
-        """Run until shut down (SIGTERM/SIGINT in the main thread, or `shutdown()`)."""
+    def serve_forever(
+        self, ready: Callable[[], object] | None = None, announce: bool = True
+    ) -> None:
+        """Run until shut down (SIGTERM/SIGINT in the main thread, or `shutdown()`).
+        `ready()` is called once everything is set and the loop is about to turn;
+        `announce` logs the listening line (the command line logs its own)."""
         if not self.listeners:
             self.bind()
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(signum, self.begin_shutdown)
         self._resume_accepting()
-        log.info(
+        log.log(
+            logging.INFO if announce else logging.DEBUG,
             "selserve listening on %s (backend %s, up to %d connections)",
             ", ".join(self.urls),
             self.backend.name,
             self.limit,
         )
+        if ready is not None:
+            ready()
         try:
             self.loop.run()
         finally:
@@ -508,14 +532,16 @@ class Server:
             return
         self.stopping = True
         self.settings.keep_alive = False  # every answer from now on closes its connection
-        log.info("shutting down: %d connections open", len(self.connections))
+        count = len(self.connections)
+        log.info("shutting down: %d connection%s open", count, "" if count == 1 else "s")
         self._pause_accepting()
         for listener in self.listeners:
             listener.close()
         self.listeners.clear()
-        for conn in list(self.connections):
-            if conn.idle:
-                conn.close(SHUTDOWN)
+        if not self.drain_on_stop:
+            for conn in list(self.connections):
+                if conn.idle:
+                    conn.close(SHUTDOWN)
         if not self.connections:
             self.loop.stop()
             return

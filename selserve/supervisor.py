@@ -1,0 +1,316 @@
+"""`selserve --workers N`: a supervisor over worker processes that share its listeners.
+
+The supervisor opens the listening sockets, forks the workers and from then on
+only watches them: it serves no request and imports no application.  Each
+worker imports the app and runs the single-process server (`server.Server`) on
+the inherited listeners, and the kernel hands each pending connection to one of
+the workers accepting on them.
+
+Accept balancing is by shared listeners, not one SO_REUSEPORT socket per worker:
+with SO_REUSEPORT every socket has a backlog of its own, and closing one (a
+worker leaving, a reload) resets the connections queued in it; a shared
+listener outlives any one worker, so workers come and go without a reset.
+
+Signals to the supervisor: SIGTERM or SIGINT stop every worker gracefully (each
+finishes what is in flight within --shutdown-timeout and answers every open
+connection's next request with `Connection: close`), then exit 0; SIGHUP starts
+a new set of workers, which import the app afresh, and only once all of them
+serve does it stop the old set the same gentle way (a new worker that cannot
+start aborts the reload and the old set stays); SIGTTIN and SIGTTOU add or
+remove one worker.  A worker that dies is replaced and its end logged; workers
+that die young are restarted after a back-off (1 s, doubling, at most 30 s).  At
+start-up, a worker that cannot import the app (exit status 2) stops the others
+and the supervisor exits 2.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import Config
+
+log = logging.getLogger("selserve")
+
+USAGE_ERROR = 2
+# Signals the supervisor waits for (blocked, then taken with sigtimedwait).
+SIGNALS = frozenset(
+    (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+)
+# How long a worker may take to import the app and start serving.
+READY_TIMEOUT = 60.0
+# A worker that dies within this long of starting "died young": restarts back off.
+YOUNG = 5.0
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+# After --shutdown-timeout, how much longer workers get before they are killed.
+STOP_GRACE = 5.0
+_PR_SET_PDEATHSIG = 1  # prctl(2): a signal for the child when its parent dies
+
+
+@dataclass
+class Worker:
+    pid: int
+    ready_fd: int  # the worker writes one byte here once it serves
+    started: float
+    generation: int
+    ready: bool = False
+
+
+@dataclass
+class Supervisor:
+    """Runs the workers for `config` (see the module docstring); `run()` returns the
+    exit status.  `build_app` makes the application inside each worker."""
+
+    config: Config
+    build_app: Callable[[], Callable]
+    listeners: list[tuple[socket.socket, str]] = field(default_factory=list)
+    workers: dict[int, Worker] = field(default_factory=dict)
+    wanted: int = 1
+    generation: int = 0
+    stopping: bool = False
+    backoff: float = BACKOFF_FIRST
+    restart_at: float = 0.0  # when the next replacement may start (back-off)
+    stop_deadline: float = 0.0  # stopping: workers still alive then are killed
+
+    # -- the supervisor's side ---------------------------------------------------
+
+    def run(self) -> int:
+        self.wanted = self.config.worker_count
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            if not self._start_generation():
+                self._stop_all()
+                return USAGE_ERROR
+            while self.workers or not self.stopping:
+                self._turn()
+            return 0
+        finally:
+            for sock, _ in self.listeners:
+                sock.close()
+
+    def _turn(self) -> None:
+        delay = max(0.05, self.restart_at - time.monotonic()) if self._missing() else 1.0
+        info = signal.sigtimedwait(SIGNALS, delay)
+        if info is None:
+            if self.stopping:
+                self._reap()  # (checks the stop deadline)
+        elif info.si_signo == signal.SIGCHLD:
+            self._reap()
+        elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
+            self._begin_stop()
+        elif info.si_signo == signal.SIGHUP and not self.stopping:
+            self._reload()
+        elif info.si_signo == signal.SIGTTIN and not self.stopping:
+            self.wanted += 1
+        elif info.si_signo == signal.SIGTTOU and not self.stopping and self.wanted > 1:
+            self.wanted -= 1
+            self._retire(1)
+        if not self.stopping and self._missing() and time.monotonic() >= self.restart_at:
+            self._spawn(self.generation)
+
+    def _missing(self) -> bool:
+        current = [w for w in self.workers.values() if w.generation == self.generation]
+        return len(current) < self.wanted
+
+    def _start_generation(self) -> bool:
+        """Start `wanted` workers of a new generation and wait until each serves;
+        False (and the new ones stopped) if one cannot: it could not import the app
+        (exit status 2), or did not start in time.  A worker that dies otherwise is
+        replaced by the main loop, as later on."""
+        self.generation += 1
+        new = [self._spawn(self.generation) for _ in range(self.wanted)]
+        for worker in new:
+            if not self._wait_ready(worker):
+                for other in new:
+                    self._signal(other, signal.SIGTERM)
+                self.generation -= 1
+                return False
+        return True
+
+    def _wait_ready(self, worker: Worker) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            if pid:
+                self.workers.pop(pid, None)
+                os.close(worker.ready_fd)
+                self._report_exit(worker, status)
+                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == USAGE_ERROR:
+                    return False
+                self._back_off(worker)
+                return True
+            try:
+                if os.read(worker.ready_fd, 1):
+                    worker.ready = True
+                    return True
+            except BlockingIOError:
+                pass
+            time.sleep(0.02)
+        log.error("worker %d did not start serving within %.0f s", worker.pid, READY_TIMEOUT)
+        return False
+
+    def _reload(self) -> None:
+        log.info("reloading: starting %d new worker%s", self.wanted, _s(self.wanted))
+        old = [w for w in self.workers.values() if w.generation == self.generation]
+        if not self._start_generation():
+            log.error("reload aborted: a new worker could not start; the old ones go on")
+            return
+        for worker in old:
+            self._signal(worker, signal.SIGTERM)
+
+    def _retire(self, count: int) -> None:
+        current = sorted(
+            (w for w in self.workers.values() if w.generation == self.generation),
+            key=lambda w: w.started,
+        )
+        for worker in current[:count]:
+            self._signal(worker, signal.SIGTERM)
+            worker.generation = -1  # leaving: not counted as serving
+
+    def _begin_stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        count = len(self.workers)
+        log.info("stopping %d worker%s", count, _s(count))
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGTERM)
+        self.stop_deadline = time.monotonic() + self.config.shutdown_timeout + STOP_GRACE
+
+    def _stop_all(self) -> None:
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown_timeout + STOP_GRACE
+        while self.workers and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        for worker in list(self.workers.values()):
+            self._signal(worker, signal.SIGKILL)
+        while self.workers:
+            self._reap(block=True)
+
+    def _reap(self, block: bool = False) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                self.workers.clear()
+                return
+            if not pid:
+                break
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            os.close(worker.ready_fd)
+            self._report_exit(worker, status)
+            if not self.stopping and worker.generation == self.generation:
+                self._back_off(worker)
+            if block:
+                return
+        if self.stopping and self.workers and time.monotonic() > self.stop_deadline:
+            for worker in self.workers.values():
+                self._signal(worker, signal.SIGKILL)
+
+    def _back_off(self, worker: Worker) -> None:
+        if time.monotonic() - worker.started < YOUNG:
+            self.restart_at = time.monotonic() + self.backoff
+            log.warning("worker died young: next start in %.0f s", self.backoff)
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+        else:
+            self.backoff = BACKOFF_FIRST
+            self.restart_at = 0.0
+
+    def _report_exit(self, worker: Worker, status: int) -> None:
+        if os.WIFSIGNALED(status):
+            how = f"was killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+        else:
+            how = f"exited with status {os.WEXITSTATUS(status)}"
+        level = (
+            logging.INFO
+            if (self.stopping or worker.generation != self.generation)
+            else logging.WARNING
+        )
+        log.log(level, "worker %d %s", worker.pid, how)
+
+    @staticmethod
+    def _signal(worker: Worker, signum: int) -> None:
+        try:
+            os.kill(worker.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _spawn(self, generation: int) -> Worker:
+        ready_r, ready_w = os.pipe()
+        os.set_blocking(ready_r, False)
+        supervisor = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(ready_r)
+            for other in self.workers.values():
+                os.close(other.ready_fd)
+            code = 1
+            try:
+                code = self._worker_main(ready_w, supervisor)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(ready_w)
+        worker = Worker(pid, ready_r, time.monotonic(), generation)
+        self.workers[pid] = worker
+        return worker
+
+    # -- the worker's side ---------------------------------------------------------
+
+    def _worker_main(self, ready_fd: int, supervisor: int) -> int:
+        from .cli import AppFailedToLoad, UsageError  # (the worker imports the app)
+        from .server import Server
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGCHLD else signal.SIG_IGN)
+        _die_with_parent(supervisor)
+        try:
+            app = self.build_app()
+            server = Server(app, self.config)
+        except (UsageError, ValueError) as exc:
+            if isinstance(exc, AppFailedToLoad):
+                print(exc.traceback, file=sys.stderr)
+            print(f"selserve: {exc}", file=sys.stderr)
+            return USAGE_ERROR
+        for sock, address in self.listeners:
+            server.adopt(sock, address)
+        server.drain_on_stop = True
+
+        def ready() -> None:
+            os.write(ready_fd, b"R")
+            os.close(ready_fd)
+
+        server.serve_forever(ready=ready, announce=False)
+        return 0
+
+
+def _die_with_parent(supervisor: int) -> None:
+    """Linux: SIGTERM this worker if the supervisor dies (no orphans serving on)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != supervisor:  # it died before prctl took effect: go now
+        os._exit(0)
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"

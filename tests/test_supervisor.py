@@ -1,0 +1,204 @@
+"""`selserve --workers N` against real processes: the supervisor forks workers that share
+its listeners, replaces the ones that die, stops them gracefully, reloads them on SIGHUP
+without a failed request, and never leaves an orphan behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+from helpers import ROOT, ServerProcess, free_port, get_request, poll_until
+
+pytestmark = pytest.mark.timeout(90)
+
+BACKENDS_WITH_WORKERS = ["epoll", "poll"]
+WRK = shutil.which("wrk")
+
+DIE_APP = """
+import os
+from selserve.app import Response, native
+
+@native
+def app(request):
+    if request.path == "/die":
+        os._exit(3)
+    if request.path == "/pid":
+        return Response(200, [], str(os.getpid()).encode())
+    return Response(200, [], b"hello")
+"""
+
+
+def workers_of(proc: ServerProcess) -> list[int]:
+    try:
+        return sorted(child.pid for child in psutil.Process(proc.pid).children())
+    except psutil.NoSuchProcess:
+        return []
+
+
+def replaced(proc: ServerProcess, before: list[int], count: int, every: bool = False):
+    """The workers now, once there are `count` and one (or, with `every`, each) of them is
+    not one of `before`; else None."""
+    now = workers_of(proc)
+    if len(now) != count:
+        return None
+    new = set(now) - set(before)
+    return now if (new == set(now) if every else new) else None
+
+
+def wait_workers(proc: ServerProcess, count: int, timeout: float = 10.0) -> list[int]:
+    poll_until(lambda: len(workers_of(proc)) == count, timeout)
+    return workers_of(proc)
+
+
+@pytest.fixture(params=BACKENDS_WITH_WORKERS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def die_app(tmp_path):
+    (tmp_path / "dieapp.py").write_text(DIE_APP)
+    return str(tmp_path)
+
+
+def test_the_workers_asked_for_each_listen_on_the_shared_socket(backend, server_factory):
+    proc = server_factory(backend, "--workers", "3")
+    workers = wait_workers(proc, 3)
+    listening = [
+        any(c.status == psutil.CONN_LISTEN and c.laddr.port == proc.port for c in
+            psutil.Process(pid).net_connections("tcp"))
+        for pid in workers
+    ]  # fmt: skip
+    assert len(workers) == 3 and all(listening), proc.diag(f"workers {workers}: {listening}")
+
+
+def test_requests_are_answered_by_several_workers(backend, server_factory, die_app):
+    proc = server_factory(backend, "--workers", "2", "--chdir", die_app, app="dieapp:app")
+    wait_workers(proc, 2)
+    pids = {proc.get("/pid").body for _ in range(40)}
+    assert len(pids) == 2, proc.diag(f"answered by {pids}")
+
+
+def test_a_killed_worker_is_replaced_within_5_seconds(backend, server_factory):
+    proc = server_factory(backend, "--workers", "2")
+    before = wait_workers(proc, 2)
+    os.kill(before[0], signal.SIGKILL)
+    after = poll_until(lambda: replaced(proc, before, 2), 5)
+    assert after and before[0] not in after, proc.diag(f"before {before}, after {workers_of(proc)}")
+    assert proc.get("/").status == 200
+    assert "was killed by signal SIGKILL" in proc.stderr_text()
+
+
+def test_workers_dying_young_are_restarted_after_a_back_off(backend, server_factory, die_app):
+    proc = server_factory(backend, "--workers", "2", "--chdir", die_app, app="dieapp:app")
+    wait_workers(proc, 2)
+    with proc.connect() as client:
+        client.send_ignoring_reset(get_request("/die"))
+    assert poll_until(lambda: "died young: next start in 1 s" in proc.stderr_text(), 5)
+    assert len(wait_workers(proc, 2, timeout=5)) == 2
+    assert "exited with status 3" in proc.stderr_text()
+
+
+def test_sigterm_lets_a_slow_download_finish_and_leaves_no_process(backend, server_factory):
+    proc = server_factory(backend, "--workers", "2")
+    workers = wait_workers(proc, 2)
+    received = bytearray()
+    with socket.create_connection(proc.address, timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.sendall(get_request("/stream?n=400&size=8192"))  # 3.2 MB, read slowly
+        received += sock.recv(16384)
+        os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+            time.sleep(0.002)
+    assert received.endswith(b"0\r\n\r\n"), f"{len(received)} bytes, ended {received[-20:]!r}"
+    assert proc.proc.wait(15) == 0
+    assert not any(psutil.pid_exists(pid) for pid in workers)
+
+
+def test_a_worker_that_cannot_import_the_app_ends_the_start_up_with_status_2(tmp_path):
+    (tmp_path / "brokenapp.py").write_text("raise RuntimeError('no DATABASE_URL')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "selserve", "brokenapp:app", "--workers", "2", "--chdir",
+         str(tmp_path), "--bind", f"127.0.0.1:{free_port()}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "RuntimeError: no DATABASE_URL" in result.stderr
+    assert 'brokenapp.py", line 1' in result.stderr
+
+
+def test_sigttin_and_sigttou_add_and_remove_a_worker(backend, server_factory):
+    proc = server_factory(backend, "--workers", "2")
+    wait_workers(proc, 2)
+    os.kill(proc.pid, signal.SIGTTIN)
+    assert len(wait_workers(proc, 3)) == 3, proc.diag()
+    os.kill(proc.pid, signal.SIGTTOU)
+    assert len(wait_workers(proc, 2)) == 2, proc.diag()
+
+
+def test_web_concurrency_sets_the_number_of_workers(backend, server_factory, monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    proc = server_factory(backend)
+    assert len(wait_workers(proc, 3)) == 3, proc.diag()
+
+
+def test_sighup_replaces_every_worker(backend, server_factory, die_app):
+    proc = server_factory(backend, "--workers", "2", "--chdir", die_app, app="dieapp:app")
+    before = wait_workers(proc, 2)
+    os.kill(proc.pid, signal.SIGHUP)
+    after = poll_until(lambda: replaced(proc, before, 2, every=True), 15)
+    assert after, proc.diag(f"before {before}, now {workers_of(proc)}")
+    assert {proc.get("/pid").body for _ in range(20)} <= {str(pid).encode() for pid in after}
+
+
+@pytest.mark.skipif(WRK is None, reason="wrk is not installed (Debian: wrk)")
+def test_a_reload_under_load_fails_no_request(backend, server_factory):
+    proc = server_factory(backend, "--workers", "2")
+    before = wait_workers(proc, 2)
+    wrk = subprocess.Popen(
+        [WRK, "-t1", "-c20", "-d6s", "--timeout", "5s", f"{proc.url}/"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        threading.Timer(2.0, os.kill, (proc.pid, signal.SIGHUP)).start()
+        out, _ = wrk.communicate(timeout=30)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    after = workers_of(proc)
+    assert not set(after) & set(before), proc.diag(f"workers before {before}, after {after}")
+    requests = int(re.search(r"(\d+) requests in", out)[1])
+    assert requests > 1000, out
+    assert "Socket errors" not in out and "Non-2xx" not in out, out + proc.stderr_tail()
+
+
+def test_version_is_printed():
+    result = subprocess.run(
+        [sys.executable, "-m", "selserve", "--version"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0 and re.fullmatch(r"selserve \d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_the_start_up_line_names_app_workers_threads_mounts_and_binds(server_factory, tmp_path):
+    proc = server_factory(
+        None, "--workers", "2", "--threads", "3", "--static", f"/assets={tmp_path}"
+    )
+    line = next(ln for ln in proc.stderr_text().splitlines() if "selserve 0." in ln)
+    for part in ("selserve.demo:app", proc.url, "2 workers", "3 threads", "/assets="):
+        assert part in line, line
