@@ -413,9 +413,22 @@ http {{
     return [NGINX, "-p", str(prefix), "-c", str(conf), "-e", f"{prefix}/error.log"]
 
 
+def selserve_workers_argv(kind: str, port: int, files: Path, scratch: Path) -> list[str]:
+    argv = selserve_spec(backends.best()).argv(kind, port, files, scratch)
+    return [*argv, "--workers", "2"]
+
+
 def all_servers() -> list[ServerSpec]:
     specs = [selserve_spec(name) for name in backends.available()]
     specs += [
+        ServerSpec(
+            "selserve-workers2",
+            ("hello", "stream", "static"),
+            selserve_workers_argv,
+            is_selserve=True,
+            note=f"selserve ({backends.best()}), `--workers 2`: a supervisor and two "
+            "workers sharing the listener (on the one server core)",
+        ),
         ServerSpec(
             "selserve-wsgi",
             ("hello", "stream"),
