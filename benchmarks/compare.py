@@ -303,11 +303,14 @@ def selserve_spec(backend: str) -> ServerSpec:
 
 
 def selserve_wsgi_argv(kind: str, port: int, files: Path, scratch: Path) -> list[str]:
+    # --threads 0: the app in the event loop (explicit: WSGI apps get a pool by default).
     return [
         sys.executable,
         "-m",
         "selserve",
         "hello_wsgi:app",
+        "--threads",
+        "0",
         "--bind",
         f"{HOST}:{port}",
         "--log-level",
@@ -315,6 +318,12 @@ def selserve_wsgi_argv(kind: str, port: int, files: Path, scratch: Path) -> list
         "--keepalive-timeout",
         "300",
     ]
+
+
+def selserve_wsgi_pool_argv(kind: str, port: int, files: Path, scratch: Path) -> list[str]:
+    argv = selserve_wsgi_argv(kind, port, files, scratch)
+    argv[argv.index("--threads") + 1] = "4"  # as many as waitress is given
+    return argv
 
 
 def waitress_argv(kind: str, port: int, files: Path, scratch: Path) -> list[str]:
@@ -434,7 +443,16 @@ def all_servers() -> list[ServerSpec]:
             ("hello", "stream"),
             selserve_wsgi_argv,
             is_selserve=True,
-            note=f"selserve ({backends.best()}) hosting `hello_wsgi.py` through its WSGI adapter",
+            note=f"selserve ({backends.best()}) hosting `hello_wsgi.py` through its WSGI adapter, "
+            "`--threads 0` (in the event loop)",
+        ),
+        ServerSpec(
+            "selserve-wsgi-pool",
+            ("hello", "stream"),
+            selserve_wsgi_pool_argv,
+            is_selserve=True,
+            note=f"selserve ({backends.best()}) hosting `hello_wsgi.py` on a pool of 4 threads "
+            "(WSGI apps get a pool by default)",
         ),
         ServerSpec(
             "waitress",

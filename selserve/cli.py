@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             print(exc.traceback, file=sys.stderr)
         print(f"selserve: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    _announce(args.app, config, server.urls, server.backend.name)
+    threads = config.thread_count(getattr(app, "blocking", False))
+    _announce(args.app, config, server.urls, server.backend.name, threads)
     server.serve_forever(announce=False)
     return 0
 
@@ -240,17 +241,25 @@ def _supervise(spec: str | None, config: Config) -> int:
             sock.close()
         raise
     urls = [listener_url(sock) for sock, _ in listeners]
-    _announce(spec, config, urls, backends.backend_class(config.backend).name)
+    _announce(spec, config, urls, backends.backend_class(config.backend).name, None)
     supervisor = Supervisor(config, lambda: build_app(spec, config), listeners)
     return supervisor.run()
 
 
-def _announce(spec: str | None, config: Config, urls: list[str], backend: str) -> None:
+def _announce(
+    spec: str | None, config: Config, urls: list[str], backend: str, threads: int | None
+) -> None:
     """The start-up line a deployer reads: what is served, where, and how."""
     what = f"app {spec}" if spec else f"directory {os.path.abspath(config.root)}"
     workers = config.worker_count
     how = [f"backend {backend}", f"{workers} worker{'' if workers == 1 else 's'}"]
-    if spec:
-        how.append(f"{config.threads} thread{'' if config.threads == 1 else 's'}")
+    if threads is None and config.threads != "auto":
+        threads = int(config.threads)
+    if threads is None:  # (auto: the supervisor imports no app, so it cannot tell)
+        how.append("threads auto")
+    elif threads:
+        how.append(f"{threads} thread{'' if threads == 1 else 's'}")
+    else:
+        how.append("no threads (the app runs in the event loop)")
     how += [f"static {mount}" for mount in config.static]
     log.info("selserve %s: %s on %s (%s)", __version__, what, ", ".join(urls), ", ".join(how))

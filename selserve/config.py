@@ -127,8 +127,11 @@ class Config:
     chdir: str = _setting(
         "", "change to DIR before importing APP (it goes on sys.path)", metavar="DIR"
     )
-    threads: int = _setting(
-        0, "run WSGI apps in a pool of N threads; 0 runs them inline", metavar="N"
+    threads: str = _setting(
+        "auto",
+        "threads the app runs in: N, 0 for none (the app runs in the event loop and must "
+        "not block), or auto: min(32, CPUs + 4) for WSGI apps, 0 for native ones",
+        metavar="N",
     )
     workers: str = _setting(
         "",
@@ -180,7 +183,6 @@ class Config:
             "max_body_size",
             "low_water",
             "body_spill_threshold",
-            "threads",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_dash(name)} must be 0 or more")
@@ -198,6 +200,10 @@ class Config:
             raise ValueError("at least one --bind address is needed")
         for mount in self.static:
             parse_static_mount(mount)
+        if isinstance(self.threads, int):  # (embedders pass numbers)
+            self.threads = str(self.threads)
+        if self.threads != "auto" and not self.threads.isdigit():
+            raise ValueError("--threads must be a number of threads (0 or more) or auto")
         workers = self.workers or os.environ.get("WEB_CONCURRENCY", "")
         if workers and workers != "auto" and (not workers.isdigit() or int(workers) < 1):
             where = "--workers" if self.workers else "$WEB_CONCURRENCY"
@@ -209,6 +215,14 @@ class Config:
     def static_mounts(self) -> list[tuple[str, str, bool]]:
         """--static values as (URL prefix without trailing slash, directory, listing)."""
         return [parse_static_mount(mount) for mount in self.static]
+
+    def thread_count(self, blocking_app: bool) -> int:
+        """--threads resolved for an app: auto gives a WSGI app (which may block: a
+        database, a file) as many threads as concurrent.futures would, and a native
+        app (which must not block) none."""
+        if self.threads == "auto":
+            return min(32, (os.cpu_count() or 1) + 4) if blocking_app else 0
+        return int(self.threads)
 
     @property
     def worker_count(self) -> int:

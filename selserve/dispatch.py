@@ -140,5 +140,5 @@ def as_native(app: Callable, config: Config) -> Callable:
         root_path=config.root_path,
         expose_tracebacks=config.expose_tracebacks,
         url_scheme=config.url_scheme,
-        multithread=config.threads > 0,
+        multithread=config.thread_count(blocking_app=True) > 0,
     )

@@ -199,9 +199,9 @@ class Server:
         self.connections: set[Connection] = set()
         self.listeners: list[Listener] = []
         self.limit = config.connection_limit
-        self.pool = (
-            WorkerPool(self.loop, config.threads, config.high_water) if config.threads else None
-        )
+        # A pool for an app that may block (WSGI): `blocking` is its own word for it.
+        threads = config.thread_count(getattr(app, "blocking", False))
+        self.pool = WorkerPool(self.loop, threads, config.high_water) if threads else None
         routes = {}
         if config.stats_path:
             routes[config.stats_path] = self._stats_route

@@ -508,6 +508,7 @@ def mount(app, mounts: list[tuple[str, StaticFiles]]):
 
     mounted.mounts = table
     mounted.on_head = on_head
+    mounted.blocking = getattr(app, "blocking", False)  # (the app's, not the files')
     mounted.selserve_native = True
     return mounted
 

@@ -71,6 +71,9 @@ class WSGIAdapter:
     """Serve the WSGI application `wsgi_app` as a native selserve application."""
 
     selserve_native = True
+    # A WSGI app may block (a database, a file, a remote call): by default (--threads
+    # auto) it runs on a pool of threads, never in the event loop.
+    blocking = True
 
     def __init__(
         self,

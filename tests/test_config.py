@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,35 @@ def test_dotfiles_are_off_by_default():
 def test_no_listing_help_names_root_and_static_mounts():
     help_text = next(f for f in settings() if f.name == "no_listing").metadata["help"]
     assert "--root" in help_text and "PREFIX=DIR:listing" in help_text
+
+
+def test_threads_auto_gives_wsgi_apps_a_pool_and_native_apps_none():
+    config = Config()
+    assert config.thread_count(blocking_app=False) == 0
+    assert config.thread_count(blocking_app=True) == min(32, (os.cpu_count() or 1) + 4)
+
+
+def test_an_explicit_thread_count_is_the_same_for_every_app():
+    assert [Config(threads=n).thread_count(b) for n in (0, 3) for b in (False, True)] == [
+        0,
+        0,
+        3,
+        3,
+    ]
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "2.5"])
+def test_a_thread_count_that_is_not_a_number_or_auto_is_refused(value):
+    with pytest.raises(ValueError, match="--threads"):
+        Config(threads=value)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "lots"])
+def test_a_worker_count_that_is_not_a_positive_number_or_auto_is_refused(value):
+    with pytest.raises(ValueError, match="--workers"):
+        Config(workers=value)
+
+
+def test_web_concurrency_is_the_default_worker_count(monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "5")
+    assert (Config().worker_count, Config(workers="2").worker_count) == (5, 2)
