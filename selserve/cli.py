@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             + ": %(message)s",
             stream=sys.stderr,
         )
-        if config.worker_count > 1:
+        if config.worker_count > 1 or config.max_requests:
             return _supervise(args.app, config)
         app = build_app(args.app, config)
         raise_open_file_limit()

@@ -133,6 +133,15 @@ class Config:
         "not block), or auto: min(32, CPUs + 4) for WSGI apps, 0 for native ones",
         metavar="N",
     )
+    max_requests: int = _setting(
+        0,
+        "a worker leaves gracefully after about N requests and is replaced, for apps that "
+        "leak (0: never; runs a supervisor even for one worker)",
+        metavar="N",
+    )
+    max_requests_jitter: int = _setting(
+        0, "add up to this many requests to each worker's --max-requests, at random", metavar="J"
+    )
     workers: str = _setting(
         "",
         "worker processes sharing the listeners, under a supervisor: N, or auto for the "
@@ -183,6 +192,8 @@ class Config:
             "max_body_size",
             "low_water",
             "body_spill_threshold",
+            "max_requests",
+            "max_requests_jitter",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_dash(name)} must be 0 or more")

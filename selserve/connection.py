@@ -185,6 +185,8 @@ class Connection:
             event = exchange.next_event()
             if event is READY:
                 context.requests += 1
+                if context.requests == context.max_requests:
+                    context.served_enough()
                 response = context.dispatch.dispatch(exchange.request, self)
                 if response is None:  # a worker will answer
                     self._wait_for_app()

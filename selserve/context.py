@@ -40,7 +40,9 @@ class ConnectionContext:
         "debug",
         "counters",
         "requests",
+        "max_requests",
         "closed",
+        "served_enough",
         "became_idle",
         "body_store_failed",
     )
@@ -54,6 +56,7 @@ class ConnectionContext:
         closed: Callable[[Connection, str], None],
         became_idle: Callable[[], None],
         body_store_failed: Callable[[OSError], None],
+        served_enough: Callable[[], None] = lambda: None,
         header_timeout: float = 10.0,
         body_timeout: float = 30.0,
         write_timeout: float = 30.0,
@@ -80,6 +83,8 @@ class ConnectionContext:
         self.debug = debug
         self.counters: Counter[str] = Counter()
         self.requests = 0
+        self.max_requests = 0  # reaching it calls served_enough (0: never)
         self.closed = closed  # (connection, reason): the connection has ended
         self.became_idle = became_idle  # a connection went idle while accepting is paused
         self.body_store_failed = body_store_failed  # (OSError): a spill file failed
+        self.served_enough = served_enough  # max_requests were answered

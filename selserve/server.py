@@ -221,6 +221,7 @@ class Server:
             dispatch=self.dispatch,
             closed=self.connection_closed,
             became_idle=self.became_idle,
+            served_enough=self._served_enough,
             body_store_failed=self.body_store_failed,
             header_timeout=config.header_timeout,
             body_timeout=config.body_timeout,
@@ -239,6 +240,8 @@ class Server:
         # A worker under a supervisor stops by draining: idle keep-alive connections are
         # not closed in the client's face but answered once more, with Connection: close.
         self.drain_on_stop = False
+        self.on_leaving: Callable[[], object] | None = None  # called when max_requests is met
+
         self.started = time.time()
         self.bytes_in = 0  # of closed connections; live ones add theirs in stats()
         self.bytes_out = 0
@@ -319,6 +322,8 @@ class Server:
     def accept_from(self, listener: Listener) -> None:
         connections = self.connections
         for _ in range(ACCEPT_BATCH):
+            if self.stopping:
+                return  # (stopping began while we served what we accepted)
             victim = None
             if len(connections) >= self.limit:
                 victim = self._reclaimable()
@@ -456,6 +461,17 @@ class Server:
             self._resume_accepting()
         if self.stopping and not self.connections:
             self.loop.stop()
+
+    def stop_after(self, requests: int) -> None:
+        """Stop gracefully once `requests` have been answered (a worker being recycled
+        by --max-requests); 0 never."""
+        self.context.max_requests = requests
+
+    def _served_enough(self) -> None:
+        log.info("served %d requests (--max-requests): leaving", self.requests)
+        if self.on_leaving is not None:
+            self.on_leaving()
+        self.begin_shutdown()
 
     def became_idle(self) -> None:
         """A connection went idle (it is in `idle` now) while accepting is paused at

@@ -17,7 +17,8 @@ connection's next request with `Connection: close`), then exit 0; SIGHUP starts
 a new set of workers, which import the app afresh, and only once all of them
 serve does it stop the old set the same gentle way (a new worker that cannot
 start aborts the reload and the old set stays); SIGTTIN and SIGTTOU add or
-remove one worker.  A worker that dies is replaced and its end logged; workers
+remove one worker.  A worker that dies is replaced and its end logged (one that
+leaves after --max-requests, with status 0, at once); workers
 that die young are restarted after a back-off (1 s, doubling, at most 30 s).  At
 start-up, a worker that cannot import the app (exit status 2) stops the others
 and the supervisor exits 2.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -42,7 +44,15 @@ log = logging.getLogger("selserve")
 USAGE_ERROR = 2
 # Signals the supervisor waits for (blocked, then taken with sigtimedwait).
 SIGNALS = frozenset(
-    (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+    (
+        signal.SIGCHLD,
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGUSR1,  # from a worker: "I am leaving (--max-requests): replace me now"
+    )
 )
 # How long a worker may take to import the app and start serving.
 READY_TIMEOUT = 60.0
@@ -113,6 +123,10 @@ class Supervisor:
         elif info.si_signo == signal.SIGTTOU and not self.stopping and self.wanted > 1:
             self.wanted -= 1
             self._retire(1)
+        elif info.si_signo == signal.SIGUSR1:
+            leaving = self.workers.get(info.si_pid)
+            if leaving is not None:
+                leaving.generation = -1  # no longer counted: its replacement starts now
         if not self.stopping and self._missing() and time.monotonic() >= self.restart_at:
             self._spawn(self.generation)
 
@@ -211,8 +225,9 @@ class Supervisor:
                 continue
             os.close(worker.ready_fd)
             self._report_exit(worker, status)
-            if not self.stopping and worker.generation == self.generation:
-                self._back_off(worker)
+            recycled = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            if not self.stopping and worker.generation == self.generation and not recycled:
+                self._back_off(worker)  # (one leaving after --max-requests is replaced at once)
             if block:
                 return
         if self.stopping and self.workers and time.monotonic() > self.stop_deadline:
@@ -233,12 +248,9 @@ class Supervisor:
             how = f"was killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
         else:
             how = f"exited with status {os.WEXITSTATUS(status)}"
-        level = (
-            logging.INFO
-            if (self.stopping or worker.generation != self.generation)
-            else logging.WARNING
-        )
-        log.log(level, "worker %d %s", worker.pid, how)
+        recycled = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        expected = self.stopping or worker.generation != self.generation or recycled
+        log.log(logging.INFO if expected else logging.WARNING, "worker %d %s", worker.pid, how)
 
     @staticmethod
     def _signal(worker: Worker, signum: int) -> None:
@@ -292,6 +304,10 @@ class Supervisor:
         for sock, address in self.listeners:
             server.adopt(sock, address)
         server.drain_on_stop = True
+        if self.config.max_requests:
+            jitter = random.randint(0, self.config.max_requests_jitter)
+            server.stop_after(self.config.max_requests + jitter)
+            server.on_leaving = lambda: os.kill(supervisor, signal.SIGUSR1)
 
         def ready() -> None:
             os.write(ready_fd, b"R")

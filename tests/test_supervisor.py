@@ -24,7 +24,7 @@ BACKENDS_WITH_WORKERS = ["epoll", "poll"]
 WRK = shutil.which("wrk")
 
 DIE_APP = """
-import os
+import os, time
 from selserve.app import Response, native
 
 @native
@@ -32,6 +32,9 @@ def app(request):
     if request.path == "/die":
         os._exit(3)
     if request.path == "/pid":
+        return Response(200, [], str(os.getpid()).encode())
+    if request.path == "/block":  # a native app blocking its worker's loop (on purpose)
+        time.sleep(1.0)
         return Response(200, [], str(os.getpid()).encode())
     return Response(200, [], b"hello")
 """
@@ -81,11 +84,22 @@ def test_the_workers_asked_for_each_listen_on_the_shared_socket(backend, server_
     assert len(workers) == 3 and all(listening), proc.diag(f"workers {workers}: {listening}")
 
 
-def test_requests_are_answered_by_several_workers(backend, server_factory, die_app):
+def test_while_one_worker_is_blocked_another_answers(backend, server_factory, die_app):
     proc = server_factory(backend, "--workers", "2", "--chdir", die_app, app="dieapp:app")
     wait_workers(proc, 2)
-    pids = {proc.get("/pid").body for _ in range(40)}
-    assert len(pids) == 2, proc.diag(f"answered by {pids}")
+    assert poll_until(lambda: proc.get("/pid").status == 200, 5)
+    blocked: list[bytes] = []
+    blocker = threading.Thread(target=lambda: blocked.append(proc.get("/block").body))
+    blocker.start()
+    try:
+        time.sleep(0.2)  # one worker's loop now sleeps for a second
+        started = time.monotonic()
+        other = proc.get("/pid", timeout=5)
+        elapsed = time.monotonic() - started
+    finally:
+        blocker.join(10)
+    assert other.status == 200 and other.body != blocked[0], proc.diag(f"{other!r} {blocked}")
+    assert elapsed < 0.5, f"answered after {elapsed:.2f} s: it waited for the blocked worker"
 
 
 def test_a_killed_worker_is_replaced_within_5_seconds(backend, server_factory):
@@ -202,3 +216,26 @@ def test_the_start_up_line_names_app_workers_threads_mounts_and_binds(server_fac
     line = next(ln for ln in proc.stderr_text().splitlines() if "selserve 0." in ln)
     for part in ("selserve.demo:app", proc.url, "2 workers", "3 threads", "/assets="):
         assert part in line, line
+
+
+def test_max_requests_recycles_workers_without_a_failed_request(backend, server_factory, die_app):
+    proc = server_factory(
+        backend, "--workers", "2", "--max-requests", "40", "--max-requests-jitter", "10",
+        "--keepalive-timeout", "0.5", "--chdir", die_app, app="dieapp:app",
+    )  # fmt: skip
+    first = wait_workers(proc, 2)
+    answers = [proc.request(get_request("/pid", extra="Connection: close\r\n")) for _ in range(300)]
+    assert all(a.status == 200 for a in answers), [a.status for a in answers if a.status != 200]
+    pids = {int(a.body) for a in answers}
+    # 300 requests at most 50 per worker: at least 6 workers answered, the first two gone.
+    assert len(pids) >= 6 and not set(first) & set(workers_of(proc)), proc.diag(f"{pids}")
+    assert "(--max-requests): leaving" in proc.stderr_text()
+    assert "died young" not in proc.stderr_text()  # recycled, not crashed: no back-off
+
+
+def test_max_requests_recycles_a_single_worker_too(backend, server_factory, die_app):
+    proc = server_factory(backend, "--max-requests", "20", "--chdir", die_app, app="dieapp:app")
+    first = wait_workers(proc, 1)
+    answers = [proc.request(get_request("/pid", extra="Connection: close\r\n")) for _ in range(60)]
+    assert all(a.status == 200 for a in answers)
+    assert len({a.body for a in answers}) >= 3 and workers_of(proc) != first, proc.diag()
