@@ -66,7 +66,9 @@ def serve_requests(kind: str, count: int, trace: bool) -> float | None:
     else:
         from selserve.demo import app
 
-    config = Config(binds=["127.0.0.1:0"], keepalive_timeout=300, log_level="warning")
+    # threads=0: the app answers within the loop turn that read its request (what is
+    # measured here); WSGI apps would otherwise get a thread pool.
+    config = Config(binds=["127.0.0.1:0"], keepalive_timeout=300, log_level="warning", threads=0)
     server = Server(as_native(app, config), config)
     server._resume_accepting()  # (no listeners) as while serving: not paused at the cap
     turn = server.loop.run_once
