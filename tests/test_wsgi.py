@@ -1447,29 +1447,27 @@ def test_validated_apps_are_served_without_complaint(validated_server, record_di
 @pytest.mark.timeout(30)
 def test_slow_app_with_threads_does_not_delay_a_quick_request(wsgi_server_factory):
     server = wsgi_server_factory("router", settings={"threads": 4})
+    elapsed, status = quick_request_beside_a_sleeping_one(server)
+    assert status == 200
+    assert elapsed < 0.5, f"a quick request waited {elapsed:.2f} s behind a sleeping app"
+
+
+def quick_request_beside_a_sleeping_one(server) -> tuple[float, int | str]:
+    """(seconds, status) of GET /hello sent while GET /sleep (1 s) is being answered."""
     slow = threading.Thread(target=server.get, args=("/sleep",))
     slow.start()
     try:
-        time.sleep(0.2)  # the slow request now occupies a worker
-        elapsed, status = server.timed_get("/hello")
+        time.sleep(0.2)  # the slow request is now in the app
+        return server.timed_get("/hello")
     finally:
         slow.join(10)
-    assert status == 200
-    assert elapsed < 0.5, f"a quick request waited {elapsed:.2f} s behind a sleeping app"
 
 
 @pytest.mark.timeout(30)
 def test_by_default_a_sleeping_wsgi_view_does_not_delay_a_quick_request(wsgi_server_factory):
     # A Django view blocked for 2 s once held up every request, static files included:
     # WSGI apps now run on a thread pool unless --threads 0 says otherwise.
-    server = wsgi_server_factory("router")
-    slow = threading.Thread(target=server.get, args=("/sleep",))
-    slow.start()
-    try:
-        time.sleep(0.2)  # the slow request now occupies a thread
-        elapsed, status = server.timed_get("/hello")
-    finally:
-        slow.join(10)
+    elapsed, status = quick_request_beside_a_sleeping_one(wsgi_server_factory("router"))
     assert status == 200
     assert elapsed < 0.5, f"a quick request waited {elapsed:.2f} s behind a sleeping app"
 
@@ -1478,13 +1476,7 @@ def test_by_default_a_sleeping_wsgi_view_does_not_delay_a_quick_request(wsgi_ser
 def test_threads_0_runs_a_wsgi_app_in_the_event_loop(wsgi_server_factory):
     # The explicit opt-in for apps that never block: one sleeping view holds up all.
     server = wsgi_server_factory("router", settings={"threads": 0})
-    slow = threading.Thread(target=server.get, args=("/sleep",))
-    slow.start()
-    try:
-        time.sleep(0.2)
-        elapsed, status = server.timed_get("/hello")
-    finally:
-        slow.join(10)
+    elapsed, status = quick_request_beside_a_sleeping_one(server)
     assert status == 200
     assert elapsed > 0.5, f"answered in {elapsed:.2f} s: not held up, so not in the loop"
 
