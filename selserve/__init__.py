@@ -1,7 +1,10 @@
 """selserve: a small, dependency-free HTTP/1.1 server on the standard library's selectors.
 
-from selserve import serve, Response
-serve(lambda request: Response(200, [("Content-Type", "text/plain")], b"hi\\n"))
+from selserve import Response, serve
+from selserve.app import native
+serve(native(lambda request: Response(200, [("Content-Type", "text/plain")], b"hi\\n")))
+
+(A callable not marked @native is served as a WSGI application.)
 """
 
 from .app import FileBody, Request, Response
