@@ -17,6 +17,7 @@ import traceback
 import typing
 
 from . import __version__, backends
+from .activation import activated_binds
 from .config import Config, settings
 from .dispatch import as_native
 from .server import BindError, Server, create_listener, listener_url, raise_open_file_limit
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     values = {f.name: getattr(args, f.name) for f in settings() if hasattr(args, f.name)}
+    activated = activated_binds()
+    if activated:
+        # Started by systemd with its sockets: serve them (and any --bind given too).
+        values["binds"] = [*activated, *values.get("binds", [])]
     try:
         config = Config(**values)
         backends.backend_class(config.backend)

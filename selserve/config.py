@@ -62,7 +62,8 @@ class Config:
     binds: list[str] = field(
         default_factory=lambda: ["127.0.0.1:8000"],
         metadata={
-            "help": "address to listen on: HOST:PORT, [IPV6]:PORT or unix:PATH (repeatable)",
+            "help": "address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N "
+            "(repeatable; sockets from systemd socket activation come first)",
             "flag": "--bind",
             "metavar": "ADDR",
         },

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from . import backends
 from .accesslog import AccessLog, clf_time
+from .activation import InheritedSocketError, inherited_socket
 from .app import Request, Response
 from .backends import READABLE
 from .config import Config
@@ -103,6 +104,14 @@ def parse_bind(address: str) -> tuple[int, object]:
 
 
 def create_listener(address: str, backlog: int) -> socket.socket:
+    if address.startswith("fd://"):  # a socket opened for us (systemd, a shell's <>)
+        fd = address[5:]
+        if not fd.isdigit():
+            raise BindError(f"bind address {address!r}: write fd://N with N a descriptor")
+        try:
+            return inherited_socket(int(fd))
+        except InheritedSocketError as exc:
+            raise BindError(f"bind address {address!r}: {exc}") from None
     family, sockaddr = parse_bind(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -159,10 +168,10 @@ class Listener:
         self.sock = sock
         self.fd = sock.fileno()
         self.address = address
-        # A listener handed down by a supervisor is shared: closing our copy must not
-        # remove its Unix socket's path (the other workers still listen there).
-        self.owned = owned
-        self.unix_path = address[5:] if sock.family == socket.AF_UNIX else None
+        # A listener handed down (by a supervisor, by systemd) is shared: closing our
+        # copy must not remove its Unix socket's path (others still listen there).
+        self.owned = owned and not address.startswith("fd://")
+        self.unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
         # What applications see as the server's address (port 0 resolved).
         self.local = self.unix_path if self.unix_path is not None else sock.getsockname()[:2]
 

@@ -156,10 +156,10 @@ class Supervisor:
             if pid:
                 self.workers.pop(pid, None)
                 os.close(worker.ready_fd)
-                self._report_exit(worker, status)
                 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == USAGE_ERROR:
+                    self._report_exit(worker, status)
                     return False
-                self._back_off(worker)
+                self._ended(worker, status)
                 return True
             try:
                 if os.read(worker.ready_fd, 1):
@@ -224,15 +224,20 @@ class Supervisor:
             if worker is None:
                 continue
             os.close(worker.ready_fd)
-            self._report_exit(worker, status)
-            recycled = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-            if not self.stopping and worker.generation == self.generation and not recycled:
-                self._back_off(worker)  # (one leaving after --max-requests is replaced at once)
+            self._ended(worker, status)
             if block:
                 return
         if self.stopping and self.workers and time.monotonic() > self.stop_deadline:
             for worker in self.workers.values():
                 self._signal(worker, signal.SIGKILL)
+
+    def _ended(self, worker: Worker, status: int) -> None:
+        """A worker is gone (reaped): log how, and back off if it crashed young (one that
+        leaves after --max-requests exits 0 and is replaced at once)."""
+        self._report_exit(worker, status)
+        recycled = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        if not self.stopping and worker.generation == self.generation and not recycled:
+            self._back_off(worker)
 
     def _back_off(self, worker: Worker) -> None:
         if time.monotonic() - worker.started < YOUNG:
