@@ -18,7 +18,7 @@ import typing
 
 from . import __version__, backends
 from .activation import activated_binds
-from .config import Config, settings
+from .config import Config, flag_of, settings, settings_from_file
 from .dispatch import as_native
 from .server import BindError, Server, create_listener, listener_url, raise_open_file_limit
 
@@ -84,9 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--list-backends", action="store_true", help="print the backends usable here and exit"
     )
     parser.add_argument("--version", action="version", version=f"selserve {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="read settings from a TOML file: the keys are the flags, with _ for - "
+        "(bind, max_connections, ...); flags given here win over the file",
+    )
     hints = typing.get_type_hints(Config)
     for field in settings():
-        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+        flag = flag_of(field)
         kind = hints[field.name]
         common = {"dest": field.name, "help": field.metadata["help"]}
         if field.metadata.get("metavar"):
@@ -100,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(flag, type=kind, default=field.default, **common)
     return parser
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, over the settings of its --config file (if any)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            from_file = settings_from_file(args.config)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        # Flags win: the file's values become the defaults, and list settings (which
+        # flags append to) are taken from the file only when no flag gave them.
+        lists = {k: v for k, v in from_file.items() if isinstance(v, list)}
+        parser.set_defaults(**{k: v for k, v in from_file.items() if k not in lists})
+        args = parser.parse_args(argv)
+        for name, value in lists.items():
+            if not hasattr(args, name):
+                setattr(args, name, value)
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -191,7 +217,11 @@ def build_app(spec: str | None, config: Config):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_arguments(argv)
+    except UsageError as exc:
+        print(f"selserve: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     if args.list_backends:
         best = backends.best()
         for name in backends.available():
@@ -208,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
         )
         if config.worker_count > 1 or config.max_requests:
-            return _supervise(args.app, config)
+            return _supervise(args.app, config, lambda: config_from_args(parse_arguments(argv)))
         app = build_app(args.app, config)
         raise_open_file_limit()
         server = Server(app, config)
@@ -225,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _supervise(spec: str | None, config: Config) -> int:
+def _supervise(spec: str | None, config: Config, reload_config) -> int:
     """--workers N: open the listeners here, import the app in each worker."""
     from .supervisor import Supervisor
 
@@ -247,7 +277,12 @@ def _supervise(spec: str | None, config: Config) -> int:
         raise
     urls = [listener_url(sock) for sock, _ in listeners]
     _announce(spec, config, urls, backends.backend_class(config.backend).name, None)
-    supervisor = Supervisor(config, lambda: build_app(spec, config), listeners)
+    supervisor = Supervisor(
+        config,
+        lambda settings: build_app(spec, settings),
+        listeners,
+        reload_config=reload_config,
+    )
     return supervisor.run()
 
 

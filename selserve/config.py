@@ -13,6 +13,8 @@ import dataclasses
 import os
 import re
 import resource
+import tomllib
+import typing
 from dataclasses import dataclass, field
 
 
@@ -258,16 +260,75 @@ def _dash(name: str) -> str:
     return name.replace("_", "-")
 
 
+def flag_of(item: dataclasses.Field) -> str:
+    return item.metadata.get("flag") or "--" + _dash(item.name)
+
+
+def file_key(item: dataclasses.Field) -> str:
+    """A setting's key in a --config file: its flag, with `_` for `-` (bind, max_requests)."""
+    return flag_of(item)[2:].replace("-", "_")
+
+
+def settings_from_file(path: str) -> dict[str, object]:
+    """The settings a TOML --config file gives, by field name.  Raises ValueError naming
+    the file and the key for what cannot be read or is not a setting."""
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except OSError as exc:
+        raise ValueError(f"cannot read --config {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {path!r} is not valid TOML: {exc}") from None
+    fields = {file_key(item): item for item in settings()}
+    hints = typing.get_type_hints(Config)
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        item = fields.get(key)
+        if item is None:
+            raise ValueError(
+                f"--config {path!r}: unknown key {key!r} (the keys are the flags of "
+                "selserve --help, with _ for -: max_connections, bind, ...)"
+            )
+        values[item.name] = _file_value(path, key, value, hints[item.name])
+    return values
+
+
+def _file_value(path: str, key: str, value: object, kind) -> object:
+    if typing.get_origin(kind) is list:
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        wanted = "a string or a list of strings"
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+        wanted = "true or false"
+    elif kind is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+        wanted = "a string"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        wanted = "a whole number"
+    else:  # float
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        wanted = "a number"
+    raise ValueError(f"--config {path!r}: {key} must be {wanted}, not {value!r}")
+
+
 def markdown_table() -> str:
     """The settings as the README's Markdown table (a test keeps the README in step)."""
-    rows = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    rows = ["| flag | --config key | default | meaning |", "| --- | --- | --- | --- |"]
     for item in settings():
-        flag = item.metadata.get("flag") or "--" + _dash(item.name)
         if item.default_factory is not dataclasses.MISSING:
             default = ", ".join(item.default_factory()) or "none"
         elif isinstance(item.default, bool):
             default = "off"
         else:
             default = str(item.default) if item.default != "" else '""'
-        rows.append(f"| `{flag}` | `{default}` | {item.metadata['help']} |")
+        rows.append(
+            f"| `{flag_of(item)}` | `{file_key(item)}` | `{default}` | {item.metadata['help']} |"
+        )
     return "\n".join(rows)

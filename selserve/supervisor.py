@@ -14,7 +14,8 @@ listener outlives any one worker, so workers come and go without a reset.
 Signals to the supervisor: SIGTERM or SIGINT stop every worker gracefully (each
 finishes what is in flight within --shutdown-timeout and answers every open
 connection's next request with `Connection: close`), then exit 0; SIGHUP starts
-a new set of workers, which import the app afresh, and only once all of them
+a new set of workers, which import the app afresh (with the settings read
+again: the command line over its --config file), and only once all of them
 serve does it stop the old set the same gentle way (a new worker that cannot
 start aborts the reload and the old set stays); SIGTTIN and SIGTTOU add or
 remove one worker.  A worker that dies is replaced and its end logged (one that
@@ -80,8 +81,11 @@ class Supervisor:
     exit status.  `build_app` makes the application inside each worker."""
 
     config: Config
-    build_app: Callable[[], Callable]
+    build_app: Callable[[Config], Callable]
     listeners: list[tuple[socket.socket, str]] = field(default_factory=list)
+    # SIGHUP reads the settings again (the command line over its --config file) with
+    # this; the listeners stay as they are (a new --bind takes a restart).
+    reload_config: Callable[[], Config] | None = None
     workers: dict[int, Worker] = field(default_factory=dict)
     wanted: int = 1
     generation: int = 0
@@ -172,6 +176,12 @@ class Supervisor:
         return False
 
     def _reload(self) -> None:
+        if self.reload_config is not None:
+            try:
+                self.config = self.reload_config()
+            except Exception as exc:  # a usage error in the new settings: keep the old
+                log.error("reload aborted: %s", exc)
+                return
         log.info("reloading: starting %d new worker%s", self.wanted, _s(self.wanted))
         old = [w for w in self.workers.values() if w.generation == self.generation]
         if not self._start_generation():
@@ -299,7 +309,7 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL if signum == signal.SIGCHLD else signal.SIG_IGN)
         _die_with_parent(supervisor)
         try:
-            app = self.build_app()
+            app = self.build_app(self.config)
             server = Server(app, self.config)
         except (UsageError, ValueError) as exc:
             if isinstance(exc, AppFailedToLoad):

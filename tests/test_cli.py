@@ -229,3 +229,20 @@ def test_signal_stops_gracefully_with_idle_keepalive_connection(backend, signum)
     finally:
         with contextlib.suppress(Exception):
             proc.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_config_file_with_an_unknown_key_exits_2_naming_it(tmp_path):
+    path = tmp_path / "selserve.toml"
+    path.write_text("max_conections = 5\n")
+    result = run_cli("selserve.demo:app", "--config", str(path))
+    assert "'max_conections'" in assert_one_line_usage_error(result)
+
+
+@pytest.mark.timeout(30)
+def test_a_server_takes_its_settings_from_a_config_file(server_factory, tmp_path):
+    path = tmp_path / "selserve.toml"
+    path.write_text('server_header = "from-the-file"\nstats_path = "/_stats"\n')
+    proc = server_factory(None, "--config", str(path))
+    response = proc.get("/_stats")
+    assert (response.status, response.header("Server")) == (200, "from-the-file")

@@ -88,3 +88,56 @@ def test_a_worker_count_that_is_not_a_positive_number_or_auto_is_refused(value):
 def test_web_concurrency_is_the_default_worker_count(monkeypatch):
     monkeypatch.setenv("WEB_CONCURRENCY", "5")
     assert (Config().worker_count, Config(workers="2").worker_count) == (5, 2)
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "selserve.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_config_file_gives_every_kind_of_setting(tmp_path):
+    from selserve.config import settings_from_file
+
+    path = write(
+        tmp_path,
+        'bind = ["127.0.0.1:1", "unix:/tmp/s"]\nmax_connections = 7\nkeepalive_timeout = 2\n'
+        'no_listing = true\nthreads = 3\nworkers = "auto"\nstatic = "/a=./b"\n',
+    )
+    assert settings_from_file(path) == {
+        "binds": ["127.0.0.1:1", "unix:/tmp/s"],
+        "max_connections": 7,
+        "keepalive_timeout": 2.0,
+        "no_listing": True,
+        "threads": "3",
+        "workers": "auto",
+        "static": ["/a=./b"],
+    }
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("max_conections = 5\n", "'max_conections'"),
+        ('max_connections = "lots"\n', "max_connections must be a whole number"),
+        ("no_listing = 1\n", "no_listing must be true or false"),
+        ("bind = [1, 2]\n", "bind must be a string or a list of strings"),
+        ("this is = not toml\n", "not valid TOML"),
+    ],
+)
+def test_a_config_file_key_that_is_wrong_is_named(tmp_path, text, named):
+    from selserve.config import settings_from_file
+
+    with pytest.raises(ValueError, match="--config") as failure:
+        settings_from_file(write(tmp_path, text))
+    assert named in str(failure.value)
+
+
+def test_flags_win_over_the_config_file(tmp_path):
+    from selserve.cli import config_from_args, parse_arguments
+
+    path = write(tmp_path, 'max_connections = 7\nbind = ["127.0.0.1:1"]\nbacklog = 9\n')
+    config = config_from_args(
+        parse_arguments(["--config", path, "--max-connections", "8", "--bind", "127.0.0.1:2"])
+    )
+    assert (config.max_connections, config.binds, config.backlog) == (8, ["127.0.0.1:2"], 9)

@@ -239,3 +239,26 @@ def test_max_requests_recycles_a_single_worker_too(backend, server_factory, die_
     answers = [proc.request(get_request("/pid", extra="Connection: close\r\n")) for _ in range(60)]
     assert all(a.status == 200 for a in answers)
     assert len({a.body for a in answers}) >= 3 and workers_of(proc) != first, proc.diag()
+
+
+def test_sighup_reads_the_config_file_again(backend, server_factory, tmp_path):
+    settings = tmp_path / "selserve.toml"
+    settings.write_text('server_header = "before"\n')
+    proc = server_factory(backend, "--workers", "2", "--config", str(settings))
+    before = wait_workers(proc, 2)
+    assert proc.get("/").header("Server") == "before"
+    settings.write_text('server_header = "after"\n')
+    os.kill(proc.pid, signal.SIGHUP)
+    assert poll_until(lambda: replaced(proc, before, 2, every=True), 15), proc.diag()
+    assert poll_until(lambda: proc.get("/").header("Server") == "after", 5), proc.diag()
+
+
+def test_a_reload_with_a_broken_config_file_keeps_the_workers(backend, server_factory, tmp_path):
+    settings = tmp_path / "selserve.toml"
+    settings.write_text('server_header = "kept"\n')
+    proc = server_factory(backend, "--workers", "2", "--config", str(settings))
+    before = wait_workers(proc, 2)
+    settings.write_text("max_conections = 1\n")
+    os.kill(proc.pid, signal.SIGHUP)
+    assert poll_until(lambda: "reload aborted" in proc.stderr_text(), 5), proc.diag()
+    assert workers_of(proc) == before and proc.get("/").header("Server") == "kept"
