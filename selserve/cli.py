@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             + ": %(message)s",
             stream=sys.stderr,
         )
-        if config.worker_count > 1 or config.max_requests:
+        if config.supervised:
             return _supervise(args.app, config, lambda: config_from_args(parse_arguments(argv)))
         app = build_app(args.app, config)
         raise_open_file_limit()
@@ -266,6 +266,7 @@ def _supervise(spec: str | None, config: Config, reload_config) -> int:
             os.chdir(config.chdir)
         except OSError as exc:
             raise UsageError(f"--chdir {config.chdir!r}: {exc.strerror}") from None
+    watcher = _source_watcher(spec, config) if config.reload else None
     raise_open_file_limit()
     listeners = []
     try:
@@ -282,8 +283,28 @@ def _supervise(spec: str | None, config: Config, reload_config) -> int:
         lambda settings: build_app(spec, settings),
         listeners,
         reload_config=reload_config,
+        watcher=watcher,
     )
     return supervisor.run()
+
+
+def _source_watcher(spec: str | None, config: Config):
+    from .reloader import SourceWatcher, app_directory
+
+    if spec is None:
+        raise UsageError(
+            "--reload needs an APP (module:callable): files under --root are read "
+            "afresh on every request anyway"
+        )
+    directories = config.reload_dirs or [app_directory(spec)]
+    watcher = SourceWatcher(directories)
+    log.warning(
+        "--reload is for development: %d source files under %s are polled once a "
+        "second; do not use it in production",
+        watcher.count,
+        ", ".join(watcher.directories),
+    )
+    return watcher
 
 
 def _announce(

@@ -151,6 +151,25 @@ class Config:
         "CPU count (default: $WEB_CONCURRENCY, else 1: one process, no supervisor)",
         metavar="N",
     )
+    worker_timeout: float = _setting(
+        30.0,
+        "with a supervisor: kill and replace a worker whose event loop has not turned for "
+        "this long (s; 0: never)",
+        metavar="S",
+    )
+    reload: bool = _setting(
+        False,
+        "development only: restart the workers when a .py file under the app's directory "
+        "changes (stdlib stat() polling, once a second)",
+    )
+    reload_dirs: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "watch DIR for --reload instead of the app's directory (repeatable)",
+            "flag": "--reload-dir",
+            "metavar": "DIR",
+        },
+    )
     root_path: str = _setting(
         "", "WSGI SCRIPT_NAME: the URL prefix the app is mounted at", metavar="P"
     )
@@ -197,6 +216,7 @@ class Config:
             "body_spill_threshold",
             "max_requests",
             "max_requests_jitter",
+            "worker_timeout",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_dash(name)} must be 0 or more")
@@ -245,6 +265,11 @@ class Config:
         if value == "auto":
             return os.cpu_count() or 1
         return int(value)
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a supervisor runs the server in worker processes."""
+        return self.worker_count > 1 or bool(self.max_requests) or self.reload
 
     @property
     def connection_limit(self) -> int:

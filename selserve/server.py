@@ -41,6 +41,7 @@ from .http import response as wire
 from .http.exchange import ExchangeSettings
 from .loop import EventLoop
 from .notices import ThrottledWarning
+from .scoreboard import NOT_ACCEPTING, Scoreboard
 from .transport import prepare_socket
 from .workers import WorkerPool
 
@@ -48,6 +49,9 @@ log = logging.getLogger("selserve")
 
 # Connections accepted per listener per turn, for fairness with the rest of the loop.
 ACCEPT_BATCH = 64
+# How long a worker leaves a waiting client to a less loaded sibling (see
+# Server._leave_to_lighter_worker).
+BALANCE_PAUSE = 0.005
 # A connection must have been idle this long before it is closed to make room
 # at the cap: one accepted a moment ago has its request on the way (a flood of
 # real clients must queue in the backlog, not push each other out).
@@ -250,6 +254,7 @@ class Server:
         # not closed in the client's face but answered once more, with Connection: close.
         self.drain_on_stop = False
         self.on_leaving: Callable[[], object] | None = None  # called when max_requests is met
+        self._took_turn = False  # see _leave_to_lighter_worker()
 
         self.started = time.time()
         self.bytes_in = 0  # of closed connections; live ones add theirs in stats()
@@ -259,6 +264,7 @@ class Server:
         self._accept_warning = ThrottledWarning(RESOURCE_WARNING_INTERVAL)
         self._disk_warning = ThrottledWarning(RESOURCE_WARNING_INTERVAL)
         self._warned_unwatchable = False
+        self._shared: tuple[Scoreboard, int, float] | None = None  # see share()
         self._server_line = (
             f"Server: {config.server_header}\r\n".encode("latin-1") if config.server_header else b""
         )
@@ -321,6 +327,8 @@ class Server:
             self.loop.run()
         finally:
             self._close_everything()
+            if self._shared is not None:
+                self._beat()  # the final counts, for the supervisor to keep
 
     def shutdown(self) -> None:
         """Ask a running server to stop gracefully; safe from any thread."""
@@ -333,6 +341,8 @@ class Server:
         for _ in range(ACCEPT_BATCH):
             if self.stopping:
                 return  # (stopping began while we served what we accepted)
+            if self._shared is not None and self._leave_to_lighter_worker():
+                return
             victim = None
             if len(connections) >= self.limit:
                 victim = self._reclaimable()
@@ -358,6 +368,33 @@ class Server:
                 # with no request in progress makes room for the new client.
                 victim.close(RECLAIMED)
             self.accepted(sock, peer, listener.local)
+
+    def _leave_to_lighter_worker(self) -> bool:
+        """Workers sharing a listener are all woken for a client and the first to run
+        takes it, so keep-alive clients pile up on one worker.  A worker ahead of
+        another accepting one (scoreboard.lighter_than) stops watching the listeners
+        for BALANCE_PAUSE, for the other to take the client; then takes its turn
+        anyway, so that a busy sibling delays a client by that much at most."""
+        if self._took_turn:
+            self._took_turn = False
+            return False
+        board, slot, _ = self._shared
+        if not board.lighter_than(slot, len(self.connections), self.counters["accepted"]):
+            return False
+        self.count("accept-left-to-sibling")
+        self._took_turn = True
+        self._pause_accepting()
+        self._paused_until = self.loop.now + BALANCE_PAUSE
+        self.loop.call_later(BALANCE_PAUSE, self._resume_accepting)
+        return True
+
+    def _publish_load(self) -> None:
+        board, slot, _ = self._shared
+        board.load(
+            slot,
+            len(self.connections) if not self.stopping else NOT_ACCEPTING,
+            self.counters["accepted"],
+        )
 
     def _reclaimable(self) -> Connection | None:
         """The longest-idle connection, if it has been idle for RECLAIM_MIN_IDLE."""
@@ -394,6 +431,8 @@ class Server:
             sock.close()
             return
         self.connections.add(conn)
+        if self._shared is not None:
+            self._publish_load()
         # Data often arrives with the connection: try to read it now rather
         # than a turn later.
         try:
@@ -463,6 +502,8 @@ class Server:
     def connection_closed(self, conn: Connection, reason: str) -> None:
         self.connections.discard(conn)
         self.idle.pop(conn, None)
+        if self._shared is not None:
+            self._publish_load()
         self.counters[reason] += 1
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.out.bytes_sent
@@ -506,20 +547,60 @@ class Server:
         )
 
     def stats(self) -> dict:
-        """Counters for monitoring: connections, requests, bytes, and why connections closed."""
-        live = self.connections
+        """Counters for monitoring: connections, requests, bytes, and why connections
+        closed; with workers sharing a scoreboard, summed over all of them."""
+        if self._shared is None:
+            counts, gauges = self.snapshot().values()
+            uptime, extra = time.time() - self.started, {}
+        else:
+            board, slot, started = self._shared
+            board.beat(slot, os.getpid(), self.snapshot())  # our own figures, fresh
+            counts, gauges, per_worker = board.total()
+            uptime = time.time() - started
+            extra = {"workers": len(per_worker), "requests_by_worker": per_worker}
         return {
-            "uptime_seconds": round(time.time() - self.started, 3),
+            "uptime_seconds": round(uptime, 3),
             "backend": self.backend.name,
-            "connections_open": len(live),
-            "connections_idle": len(self.idle),
+            **extra,
+            "connections_open": gauges.get("connections_open", 0),
+            "connections_idle": gauges.get("connections_idle", 0),
+            "connections_accepted": counts.get("connections_accepted", 0),
+            "connection_limit": gauges.get("connection_limit", 0),
+            "requests": counts.get("requests", 0),
+            "bytes_in": counts.get("bytes_in", 0),
+            "bytes_out": counts.get("bytes_out", 0),
+            "events": dict(sorted(counts.get("events", {}).items())),
+        }
+
+    def snapshot(self) -> dict:
+        """This process's figures: counts (only ever grow) and gauges (right now)."""
+        live = self.connections
+        counts = {
             "connections_accepted": self.counters["accepted"],
-            "connection_limit": self.limit,
             "requests": self.requests,
             "bytes_in": self.bytes_in + sum(conn.bytes_in for conn in live),
             "bytes_out": self.bytes_out + sum(conn.out.bytes_sent for conn in live),
-            "events": dict(sorted(self._events().items())),
+            "events": dict(self._events()),
         }
+        gauges = {
+            "connections_open": len(live),
+            "connections_idle": len(self.idle),
+            "connection_limit": self.limit,
+        }
+        return {"counts": counts, "gauges": gauges}
+
+    def share(self, board: Scoreboard, slot: int, started: float) -> None:
+        """Work as one of several workers (`--workers`): beat into our `slot` of
+        `board` every second (the supervisor watches it), and answer the stats path
+        for all of them (`started`: when the first of them was)."""
+        self._shared = (board, slot, started)
+        self._beat()
+        self._publish_load()
+
+    def _beat(self) -> None:
+        board, slot, _ = self._shared
+        # Counters are gathered only when something reads them (the stats path).
+        board.beat(slot, os.getpid(), self.snapshot() if self.config.stats_path else None)
 
     def _events(self) -> Counter[str]:
         events = self.counters.copy()
@@ -548,6 +629,8 @@ class Server:
         if self.access_log is not None:
             self.access_log.now = clf_time(now)
             self.access_log.flush()
+        if self._shared is not None:
+            self._beat()
 
     # -- stopping -------------------------------------------------------------
 
@@ -557,6 +640,8 @@ class Server:
             return
         self.stopping = True
         self.settings.keep_alive = False  # every answer from now on closes its connection
+        if self._shared is not None:
+            self._publish_load()  # (as not accepting: siblings no longer leave clients to us)
         count = len(self.connections)
         log.info("shutting down: %d connection%s open", count, "" if count == 1 else "s")
         self._pause_accepting()

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Config
+from .reloader import SourceWatcher
+from .scoreboard import Scoreboard
 
 log = logging.getLogger("selserve")
 
@@ -63,6 +65,9 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 # After --shutdown-timeout, how much longer workers get before they are killed.
 STOP_GRACE = 5.0
+# Scoreboard slots (heartbeats, counters): room for two generations of many workers;
+# a slot's memory is touched only once a worker uses it.
+SCOREBOARD_SLOTS = 1024
 _PR_SET_PDEATHSIG = 1  # prctl(2): a signal for the child when its parent dies
 
 
@@ -72,7 +77,9 @@ class Worker:
     ready_fd: int  # the worker writes one byte here once it serves
     started: float
     generation: int
-    ready: bool = False
+    slot: int | None  # in the scoreboard; None if all were taken
+    ready_at: float = 0.0  # when it started serving (0: not yet)
+    killed: bool = False  # by the supervisor, for a loop that stopped turning
 
 
 @dataclass
@@ -86,6 +93,8 @@ class Supervisor:
     # SIGHUP reads the settings again (the command line over its --config file) with
     # this; the listeners stay as they are (a new --bind takes a restart).
     reload_config: Callable[[], Config] | None = None
+    # --reload: the app's source, looked at once a second; a change reloads.
+    watcher: SourceWatcher | None = None
     workers: dict[int, Worker] = field(default_factory=dict)
     wanted: int = 1
     generation: int = 0
@@ -93,6 +102,9 @@ class Supervisor:
     backoff: float = BACKOFF_FIRST
     restart_at: float = 0.0  # when the next replacement may start (back-off)
     stop_deadline: float = 0.0  # stopping: workers still alive then are killed
+    watched_at: float = 0.0  # when --reload last looked
+    board: Scoreboard = field(default_factory=lambda: Scoreboard(SCOREBOARD_SLOTS))
+    started: float = field(default_factory=time.time)
 
     # -- the supervisor's side ---------------------------------------------------
 
@@ -109,6 +121,7 @@ class Supervisor:
         finally:
             for sock, _ in self.listeners:
                 sock.close()
+            self.board.close()
 
     def _turn(self) -> None:
         delay = max(0.05, self.restart_at - time.monotonic()) if self._missing() else 1.0
@@ -133,6 +146,39 @@ class Supervisor:
                 leaving.generation = -1  # no longer counted: its replacement starts now
         if not self.stopping and self._missing() and time.monotonic() >= self.restart_at:
             self._spawn(self.generation)
+        self._check_heartbeats()
+        if self.watcher is not None and not self.stopping:
+            self._check_source()
+
+    def _check_heartbeats(self) -> None:
+        """Kill a serving worker whose loop has not turned for --worker-timeout (it is
+        then reaped and replaced like any dead worker)."""
+        timeout = self.config.worker_timeout
+        if not timeout:
+            return
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.slot is None or not worker.ready_at or worker.killed:
+                continue
+            last = max(worker.ready_at, self.board.heartbeat(worker.slot))
+            if now - last > timeout:
+                log.warning(
+                    "worker %d: its event loop has not turned for %.0f s (--worker-timeout): "
+                    "killing it",
+                    worker.pid,
+                    now - last,
+                )
+                worker.killed = True
+                self._signal(worker, signal.SIGKILL)
+
+    def _check_source(self) -> None:
+        if time.monotonic() - self.watched_at < 1.0:
+            return
+        self.watched_at = time.monotonic()
+        path = self.watcher.changed()
+        if path is not None:
+            log.info("--reload: %s changed", path)
+            self._reload()
 
     def _missing(self) -> bool:
         current = [w for w in self.workers.values() if w.generation == self.generation]
@@ -158,8 +204,7 @@ class Supervisor:
         while time.monotonic() < deadline:
             pid, status = os.waitpid(worker.pid, os.WNOHANG)
             if pid:
-                self.workers.pop(pid, None)
-                os.close(worker.ready_fd)
+                self._forget(worker)
                 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == USAGE_ERROR:
                     self._report_exit(worker, status)
                     return False
@@ -167,7 +212,7 @@ class Supervisor:
                 return True
             try:
                 if os.read(worker.ready_fd, 1):
-                    worker.ready = True
+                    worker.ready_at = time.monotonic()
                     return True
             except BlockingIOError:
                 pass
@@ -230,16 +275,23 @@ class Supervisor:
                 return
             if not pid:
                 break
-            worker = self.workers.pop(pid, None)
+            worker = self.workers.get(pid)
             if worker is None:
                 continue
-            os.close(worker.ready_fd)
+            self._forget(worker)
             self._ended(worker, status)
             if block:
                 return
         if self.stopping and self.workers and time.monotonic() > self.stop_deadline:
             for worker in self.workers.values():
                 self._signal(worker, signal.SIGKILL)
+
+    def _forget(self, worker: Worker) -> None:
+        """A reaped worker: close its pipe, keep its counts and free its slot."""
+        del self.workers[worker.pid]
+        os.close(worker.ready_fd)
+        if worker.slot is not None:
+            self.board.release(worker.slot)
 
     def _ended(self, worker: Worker, status: int) -> None:
         """A worker is gone (reaped): log how, and back off if it crashed young (one that
@@ -278,6 +330,9 @@ class Supervisor:
         ready_r, ready_w = os.pipe()
         os.set_blocking(ready_r, False)
         supervisor = os.getpid()
+        slot = self.board.claim()
+        if slot is None:
+            log.warning("no scoreboard slot left: a worker goes unwatched and uncounted")
         pid = os.fork()
         if pid == 0:  # the worker
             os.close(ready_r)
@@ -285,7 +340,7 @@ class Supervisor:
                 os.close(other.ready_fd)
             code = 1
             try:
-                code = self._worker_main(ready_w, supervisor)
+                code = self._worker_main(ready_w, supervisor, slot)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -294,13 +349,13 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         os.close(ready_w)
-        worker = Worker(pid, ready_r, time.monotonic(), generation)
+        worker = Worker(pid, ready_r, time.monotonic(), generation, slot)
         self.workers[pid] = worker
         return worker
 
     # -- the worker's side ---------------------------------------------------------
 
-    def _worker_main(self, ready_fd: int, supervisor: int) -> int:
+    def _worker_main(self, ready_fd: int, supervisor: int, slot: int | None) -> int:
         from .cli import AppFailedToLoad, UsageError  # (the worker imports the app)
         from .server import Server
 
@@ -319,6 +374,8 @@ class Supervisor:
         for sock, address in self.listeners:
             server.adopt(sock, address)
         server.drain_on_stop = True
+        if slot is not None:
+            server.share(self.board, slot, self.started)
         if self.config.max_requests:
             jitter = random.randint(0, self.config.max_requests_jitter)
             server.stop_after(self.config.max_requests + jitter)

@@ -4,6 +4,7 @@ without a failed request, and never leaves an orphan behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,6 +37,9 @@ def app(request):
     if request.path == "/block":  # a native app blocking its worker's loop (on purpose)
         time.sleep(1.0)
         return Response(200, [], str(os.getpid()).encode())
+    if request.path == "/hang":  # ... and one that never gives it back
+        while True:
+            time.sleep(1.0)
     return Response(200, [], b"hello")
 """
 
@@ -73,6 +77,8 @@ def die_app(tmp_path):
     return str(tmp_path)
 
 
+# select too: each worker watches at most FD_SETSIZE fds, which its cap respects.
+@pytest.mark.parametrize("backend", [*BACKENDS_WITH_WORKERS, "select"])
 def test_the_workers_asked_for_each_listen_on_the_shared_socket(backend, server_factory):
     proc = server_factory(backend, "--workers", "3")
     workers = wait_workers(proc, 3)
@@ -180,6 +186,7 @@ def test_sighup_replaces_every_worker(backend, server_factory, die_app):
 
 
 @pytest.mark.skipif(WRK is None, reason="wrk is not installed (Debian: wrk)")
+@pytest.mark.parametrize("backend", [*BACKENDS_WITH_WORKERS, "select"])
 def test_a_reload_under_load_fails_no_request(backend, server_factory):
     proc = server_factory(backend, "--workers", "2")
     before = wait_workers(proc, 2)
@@ -262,3 +269,145 @@ def test_a_reload_with_a_broken_config_file_keeps_the_workers(backend, server_fa
     os.kill(proc.pid, signal.SIGHUP)
     assert poll_until(lambda: "reload aborted" in proc.stderr_text(), 5), proc.diag()
     assert workers_of(proc) == before and proc.get("/").header("Server") == "kept"
+
+
+def test_a_worker_whose_loop_stops_turning_is_killed_and_replaced(backend, server_factory, die_app):
+    proc = server_factory(
+        backend, "--workers", "2", "--worker-timeout", "2", "--chdir", die_app, app="dieapp:app"
+    )
+    before = wait_workers(proc, 2)
+    with proc.connect() as client:
+        client.send(get_request("/hang"))
+        hung = poll_until(lambda: "has not turned for" in proc.stderr_text(), 10)
+    assert hung, proc.diag()
+    after = poll_until(lambda: replaced(proc, before, 2), 5)
+    assert after, proc.diag(f"before {before}, now {workers_of(proc)}")
+    assert "was killed by signal SIGKILL" in proc.stderr_text()
+    assert all(proc.get("/pid").status == 200 for _ in range(10))
+
+
+def test_busy_workers_are_not_taken_for_hung_ones(backend, server_factory, die_app):
+    # Beats come once a second, so a loop blocked for 1 s can leave a gap of 2 s between
+    # two of them: a timeout of 3 s must never fire.
+    proc = server_factory(
+        backend, "--workers", "2", "--worker-timeout", "3", "--chdir", die_app, app="dieapp:app"
+    )
+    before = wait_workers(proc, 2)
+    deadline = time.monotonic() + 6  # twice the timeout, each loop blocked for 1 s at a time
+    while time.monotonic() < deadline:
+        assert proc.get("/block").status == 200
+    assert workers_of(proc) == before and "has not turned" not in proc.stderr_text()
+
+
+def stats_of(proc: ServerProcess) -> dict:
+    answer = proc.get("/_stats")
+    assert answer.status == 200, answer
+    return json.loads(answer.body)
+
+
+def test_the_stats_path_answers_for_every_worker(backend, server_factory, die_app):
+    proc = server_factory(
+        backend, "--workers", "2", "--stats-path", "/_stats", "--chdir", die_app,
+        app="dieapp:app",
+    )  # fmt: skip
+    wait_workers(proc, 2)
+    answers = [proc.request(get_request("/pid", extra="Connection: close\r\n")) for _ in range(60)]
+    assert all(a.status == 200 for a in answers)
+    served_by = {int(a.body) for a in answers}
+    time.sleep(1.2)  # every worker has published its counts since (once a second)
+    stats = stats_of(proc)
+    assert stats["workers"] == 2 and len(served_by) == 2, stats
+    assert set(map(int, stats["requests_by_worker"])) == served_by, stats
+    assert sum(stats["requests_by_worker"].values()) == stats["requests"], stats
+    # Every /pid request and this /_stats one; the other worker may not count its share of
+    # the /_stats calls yet, so: at least the 60.
+    assert 61 <= stats["requests"] <= 61 + 1, stats
+    assert stats["connections_accepted"] >= 61 and stats["connection_limit"] > 0, stats
+
+
+def test_counts_survive_a_reload(backend, server_factory, die_app):
+    proc = server_factory(
+        backend, "--workers", "2", "--stats-path", "/_stats", "--chdir", die_app,
+        app="dieapp:app",
+    )  # fmt: skip
+    before = wait_workers(proc, 2)
+    for _ in range(30):
+        assert proc.request(get_request("/pid", extra="Connection: close\r\n")).status == 200
+    time.sleep(1.2)
+    counted = stats_of(proc)["requests"]
+    assert counted >= 31
+    os.kill(proc.pid, signal.SIGHUP)
+    assert poll_until(lambda: replaced(proc, before, 2, every=True), 15), proc.diag()
+    assert poll_until(lambda: len(workers_of(proc)) == 2 and "exited" in proc.stderr_text(), 10)
+    time.sleep(0.5)
+    after = stats_of(proc)
+    assert after["requests"] > counted and set(map(int, after["requests_by_worker"])).isdisjoint(
+        before
+    ), (counted, after)
+
+
+RELOAD_APP = """
+from selserve.app import Response, native
+
+@native
+def app(request):
+    return Response(200, [], b"VERSION")
+"""
+
+
+def write_app(directory, version: str, stamp: int) -> None:
+    path = directory / "reloadapp.py"
+    path.write_text(RELOAD_APP.replace("VERSION", version))
+    os.utime(path, ns=(stamp, stamp))  # a clearly new mtime, however coarse the clock
+
+
+def test_reload_restarts_the_worker_when_the_app_changes(backend, server_factory, tmp_path):
+    write_app(tmp_path, "one", 1_000_000_000)
+    proc = server_factory(backend, "--reload", "--chdir", str(tmp_path), app="reloadapp:app")
+    assert proc.get("/").body == b"one"
+    assert "--reload is for development" in proc.stderr_text()
+    first = wait_workers(proc, 1)
+    write_app(tmp_path, "two", 2_000_000_000)
+    assert poll_until(lambda: proc.get("/").body == b"two", 10), proc.diag()
+    assert "reloadapp.py changed" in proc.stderr_text()
+    assert poll_until(lambda: replaced(proc, first, 1, every=True), 10), proc.diag()
+
+
+def test_reload_keeps_the_old_worker_while_the_app_is_broken(backend, server_factory, tmp_path):
+    write_app(tmp_path, "one", 1_000_000_000)
+    proc = server_factory(backend, "--reload", "--chdir", str(tmp_path), app="reloadapp:app")
+    assert proc.get("/").body == b"one"
+    (tmp_path / "reloadapp.py").write_text("def app(:\n")
+    os.utime(tmp_path / "reloadapp.py", ns=(2_000_000_000, 2_000_000_000))
+    assert poll_until(lambda: "reload aborted" in proc.stderr_text(), 10), proc.diag()
+    assert proc.get("/").body == b"one"
+    write_app(tmp_path, "three", 3_000_000_000)
+    assert poll_until(lambda: proc.get("/").body == b"three", 10), proc.diag()
+
+
+def test_reload_without_an_app_is_refused():
+    done = subprocess.run(
+        [sys.executable, "-m", "selserve", "--reload", "--bind", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--reload needs an APP" in done.stderr, done.stderr
+
+
+def test_keep_alive_clients_arriving_together_are_spread_over_the_workers(
+    backend, server_factory, die_app
+):
+    proc = server_factory(backend, "--workers", "2", "--chdir", die_app, app="dieapp:app")
+    wait_workers(proc, 2)
+    time.sleep(1.2)  # both workers have a heartbeat: each counts on the other
+    clients = [socket.create_connection(("127.0.0.1", proc.port), timeout=5) for _ in range(20)]
+    try:
+        served_by = []
+        for client in clients:
+            client.sendall(get_request("/pid"))
+            served_by.append(client.recv(4096).rpartition(b"\r\n\r\n")[2])
+    finally:
+        for client in clients:
+            client.close()
+    shares = sorted(served_by.count(pid) for pid in set(served_by))
+    # The kernel wakes both and the first to run would take all 20; each takes 8-12 now.
+    assert len(shares) == 2 and shares[0] >= 8, shares
