@@ -299,9 +299,10 @@ def _source_watcher(spec: str | None, config: Config):
     directories = config.reload_dirs or [app_directory(spec)]
     watcher = SourceWatcher(directories)
     log.warning(
-        "--reload is for development: %d source files under %s are polled once a "
+        "--reload is for development: %d source file%s under %s polled once a "
         "second; do not use it in production",
         watcher.count,
+        " is" if watcher.count == 1 else "s are",
         ", ".join(watcher.directories),
     )
     return watcher
