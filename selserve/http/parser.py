@@ -386,11 +386,26 @@ class RequestParser:
         # The first LF after pos ends the request line, so the first empty line found
         # from pos is the end of the head even when there are no header fields.
         m = HEAD_END_B.search(buf, pos + self._scan)
-        if m is not None:
-            return self._parse_head(buf, pos, m.end())
+        if m is None:
+            return self._partial_head(buf, pos, end)
+        head_end = m.end()
+        # One decode for the whole head; the blank line is included because for the usual
+        # single request per read that makes the slice the whole buffer, which is free.
+        request = self._parse_head(buf[pos:head_end].decode("latin-1"))
+        # What _consume does, written out: this runs for every request.
+        if head_end < end:
+            self._pos = head_end  # a pipelined request follows
+        else:
+            self._buf = b""
+            self._pos = 0
+        return request
 
-        # Incomplete head. Check what we can now, in the order a complete head is checked
-        # in, so that the error does not depend on how the bytes were split.
+    def _partial_head(self, buf: bytes | bytearray, pos: int, end: int) -> _Sentinel:
+        """NEED_DATA for a head whose end has not arrived, once what is here is checked.
+
+        The checks are those of a complete head, in the same order, so that the error
+        does not depend on how the bytes were split.
+        """
         max_line = self.max_request_line - self._skipped
         self._scan = max(end - pos - 2, 0)  # an end may straddle the next feed
         lf = self._line_end
@@ -416,10 +431,8 @@ class RequestParser:
             raise HTTPError(431, "request header section too large")
         return self._need_data()
 
-    def _parse_head(self, buf: bytes | bytearray, pos: int, head_end: int) -> Request:
-        # One decode for the whole head; the blank line is included because for the usual
-        # single request per read that makes the slice the whole buffer, which is free.
-        text = buf[pos:head_end].decode("latin-1")
+    def _parse_head(self, text: str) -> Request:
+        """Parse a complete head (request line to blank line); set the state for what follows."""
         m = REQUEST_LINE.match(text)
         if m is None or m.end(3) > self.max_request_line - self._skipped:
             # (group 3 ends the request line: too long is a 414 however it is formed)
@@ -439,17 +452,14 @@ class RequestParser:
         fields = FIELD_LINE.findall(text, line_end)
         count = len(fields)
         # LFs after the request line: one per field line, plus the blank line's.
-        if count != text.count("\n", line_end + 1) - 1:
-            self._field_error(text[line_end + 1 :])
-        if count > self.max_headers:
-            raise HTTPError(431, "too many header fields")
+        if count != text.count("\n", line_end + 1) - 1 or count > self.max_headers:
+            self._field_section_error(text[line_end + 1 :], count)
 
         headers = []
-        append = headers.append
         host = None
         for name, value in fields:
             name = name.lower()
-            append((name, value))
+            headers.append((name, value))
             if name in _SPECIAL:
                 if name == "host" and host is None:
                     host = value
@@ -459,30 +469,15 @@ class RequestParser:
                     special.append((name, value))
 
         http11 = minor != "0"
-        if special is None:  # (a request with no field the parser acts on but Host)
-            if host is not None and host != self._valid_host:
-                self._check_host(host)
+        if special is None:  # no body, and nothing but Host for the parser to act on
+            if host is None or host != self._valid_host:
+                host = self._checked_host(host, http11)
             keep_alive, content_length, chunked, expect_continue = http11, None, False, False
+            self._state = _END
         else:
             host, keep_alive, content_length, chunked, expect_continue = self._special_fields(
                 special, headers, host, http11
             )
-        if host is None:
-            # RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
-            if http11:
-                raise HTTPError(400, "missing Host header")
-            host = ""
-
-        if chunked or content_length:
-            self._expect_body(chunked, content_length)
-        else:
-            self._state = _END
-        head_end = pos + len(text)
-        if head_end < len(buf):
-            self._pos = head_end
-        else:
-            self._buf = b""
-            self._pos = 0
         return self._request_class(
             method,
             target,
@@ -506,17 +501,26 @@ class RequestParser:
             self._state = _BODY
             self._remaining = content_length
 
-    def _check_host(self, host: str) -> None:
-        # A keep-alive client sends the same Host every time: checked once.
+    def _checked_host(self, host: str | None, http11: bool) -> str:
+        """The request's host: `host` once it is checked, "" when HTTP/1.0 sent none."""
+        if host is None:
+            # RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
+            if http11:
+                raise HTTPError(400, "missing Host header")
+            return ""
+        # A keep-alive client sends the same Host every time: callers check only a Host
+        # that differs from the last one that passed.
         if not HOST_RE.fullmatch(host):
             raise HTTPError(400, "invalid Host header")
         self._valid_host = host
+        return host
 
     def _special_fields(
         self, special: list[tuple[str, str]], headers: list, host: str | None, http11: bool
-    ) -> tuple[str | None, bool, int | None, bool, bool]:
+    ) -> tuple[str, bool, int | None, bool, bool]:
         """(host, keep_alive, content_length, chunked, expect_continue) from the fields
-        the parser acts on (each repeated field's lines joined with commas)."""
+        the parser acts on (each repeated field's lines joined with commas); the parser
+        is left in the state that reads the body, if there is one."""
         cl = te = conn = expect = None
         for name, value in special:
             if name == "content-length":
@@ -536,11 +540,11 @@ class RequestParser:
                     headers[headers.index(("host", host))] = ("host", value)
                     host = value
                 elif not http11:
-                    host = value  # (HTTP/1.1 without Host is refused by the caller)
+                    host = value  # (HTTP/1.1 without Host is refused below)
             else:
                 raise HTTPError(400, "more than one Host header")
         if host is not None and host != self._valid_host:
-            self._check_host(host)
+            self._checked_host(host, http11)
         content_length = None
         chunked = False
         if te is not None:
@@ -556,6 +560,12 @@ class RequestParser:
                 if e != "100-continue":
                     raise HTTPError(417, "unsupported expectation")
                 expect_continue = True
+        if host is None:
+            host = self._checked_host(host, http11)  # "" for HTTP/1.0, else 400
+        if chunked or content_length:
+            self._expect_body(chunked, content_length)
+        else:
+            self._state = _END
         return host, keep_alive, content_length, chunked, expect_continue
 
     @staticmethod
@@ -600,6 +610,14 @@ class RequestParser:
         if m is None:
             raise HTTPError(400, "invalid request-target")
         return m[2] or "/", m[3] or "", m[1]
+
+    def _field_section_error(self, section: str, count: int) -> None:
+        """Raise the right error for a header section (lines after the request line, blank
+        line included) in which FIELD_LINE found `count` fields: either some line failed
+        it or there are more fields than max_headers."""
+        if count != section.count("\n") - 1:
+            self._field_error(section)
+        raise HTTPError(431, "too many header fields")
 
     def _field_error(self, block: str) -> None:
         """Raise the right 400 for a field block (lines after the request line, blank line

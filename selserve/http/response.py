@@ -127,23 +127,21 @@ def build_head(
 ) -> tuple[bytes, int | None, bool, bool, bool]:
     """Serialise a response head and decide its framing.
 
-    Returns `(data, content_length, chunked, keep_alive, has_body)`: the bytes
-    to send, the body length the head announces (None: chunked or until
-    close), whether the body must be chunked, whether the connection stays
-    open after it, and whether the response carries a body at all.
+    Returns `(data, content_length, chunked, keep_alive, has_body)`: the bytes to send,
+    the body length the head announces (None: chunked or until close), whether the body
+    must be chunked, whether the connection stays open after it, and whether the
+    response carries a body at all.
 
-    `status` must be a final status (200-599; `InvalidHeader` otherwise) and
-    `reason`, if given, replaces its standard reason phrase.
-    `body_length` is the body's size when the server knows it (bytes, files),
-    None when it is streamed, UNANNOUNCED for a HEAD answer that must not
-    announce any framing.  `fixed` holds pre-encoded lines every response
-    carries (Date, Server); `date` is the Date line alone, used instead when
-    the app names its own Server.  An app's Date is dropped.  A Content-Length
-    from the app wins for streamed bodies; without one, HTTP/1.1 gets chunked
-    encoding and HTTP/1.0 a close-delimited body.
-
-    `body`, a body known in full, is appended to `data` when the response
-    carries one (not for HEAD, 204, 304): head and body leave in one send.
+    `status` must be a final status (200-599; `InvalidHeader` otherwise) and `reason`,
+    if given, replaces its standard reason phrase.  `body_length` is the body's size
+    when the server knows it (bytes, files), None when it is streamed, UNANNOUNCED for
+    a HEAD answer that must not announce any framing.  `fixed` holds pre-encoded lines
+    every response carries (Date, Server); `date` is the Date line alone, used instead
+    when the app names its own Server.  An app's Date is dropped.  A Content-Length
+    from the app wins for streamed bodies; without one, HTTP/1.1 gets chunked encoding
+    and HTTP/1.0 a close-delimited body.  `body`, a body known in full, is appended to
+    `data` when the response carries one (not for HEAD, 204, 304): head and body leave
+    in one send.
     """
     if reason is None:
         line = FINAL_STATUS_LINES.get(status) or final_status_line(status)
@@ -157,42 +155,48 @@ def build_head(
     # A streamed body (None) or an UNANNOUNCED one has the app's length, if any.
     content_length = app_length if body_length is None or body_length < 0 else body_length
     chunked = False
-    if status == 204:
-        content_length = None  # RFC 9110 §8.6: never on 204
-        framing = b""
-    elif status == 304:
-        # RFC 9110 §8.6: only the length the 200 would have had, which only the app knows.
-        content_length = app_length
-        framing = b"" if app_length is None else b"Content-Length: %d\r\n" % app_length
-    elif content_length is not None:
+    if content_length is not None and status != 204 and status != 304:
         framing = b"Content-Length: %d\r\n" % content_length
     elif has_body and http11:
         chunked = True
         framing = b"Transfer-Encoding: chunked\r\n"
-    elif has_body:
-        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
-        framing = b""
-    elif method == "HEAD" and http11 and body_length is None:
-        framing = b"Transfer-Encoding: chunked\r\n"  # what GET would have said
-    else:
-        framing = b""
-
+    else:  # no length to announce, or a status with rules of its own
+        framing, content_length, keep_alive = _uncommon_framing(
+            status, has_body, http11, keep_alive, body_length, app_length
+        )
     if http11:
         connection = b"" if keep_alive else b"Connection: close\r\n"
     else:
         connection = b"Connection: keep-alive\r\n" if keep_alive else b""
-    data = b"".join(
-        (
-            line,
-            date if names_server and date else fixed,
-            block,
-            framing,
-            connection,
-            b"\r\n",
-            body if has_body else b"",
-        )
-    )
+    own_lines = date if names_server and date else fixed
+    content = body if has_body else b""
+    data = b"".join((line, own_lines, block, framing, connection, b"\r\n", content))
     return data, content_length, chunked, keep_alive, has_body
+
+
+def _uncommon_framing(
+    status: int,
+    has_body: bool,
+    http11: bool,
+    keep_alive: bool,
+    body_length: int | None,
+    app_length: int | None,
+) -> tuple[bytes, int | None, bool]:
+    """`(framing line, content_length, keep_alive)` for the answers `build_head` gives
+    neither a Content-Length of the body nor chunked coding: 204, 304, HTTP/1.0 without
+    a length, HEAD without a length.  (So a body here is HTTP/1.0's, and no body is
+    a HEAD answer's.)"""
+    if status == 204:
+        return b"", None, keep_alive  # RFC 9110 §8.6: never on 204
+    if status == 304:
+        # RFC 9110 §8.6: only the length the 200 would have had, which only the app knows.
+        framing = b"" if app_length is None else b"Content-Length: %d\r\n" % app_length
+        return framing, app_length, keep_alive
+    if has_body:
+        return b"", None, False  # HTTP/1.0 without a length: the close ends the body
+    if http11 and body_length is None:
+        return b"Transfer-Encoding: chunked\r\n", None, keep_alive  # what GET would have said
+    return b"", None, keep_alive
 
 
 # Encoded application header blocks by their (name, value) tuples: most apps send the
