@@ -427,6 +427,11 @@ def selserve_workers_argv(kind: str, port: int, files: Path, scratch: Path) -> l
     return [*argv, "--workers", "2"]
 
 
+def selserve_observed_argv(kind: str, port: int, files: Path, scratch: Path) -> list[str]:
+    argv = selserve_spec(backends.best()).argv(kind, port, files, scratch)
+    return [*argv, "--metrics-path", "/metrics", "--health-path", "/healthz"]
+
+
 def all_servers() -> list[ServerSpec]:
     specs = [selserve_spec(name) for name in backends.available()]
     specs += [
@@ -437,6 +442,14 @@ def all_servers() -> list[ServerSpec]:
             is_selserve=True,
             note=f"selserve ({backends.best()}), `--workers 2`: a supervisor and two "
             "workers sharing the listener (on the one server core)",
+        ),
+        ServerSpec(
+            "selserve-metrics",
+            ("hello", "stream", "static"),
+            selserve_observed_argv,
+            is_selserve=True,
+            note=f"selserve ({backends.best()}) with `--metrics-path` and `--health-path`: "
+            "every answer counted and timed into the histogram",
         ),
         ServerSpec(
             "selserve-wsgi",

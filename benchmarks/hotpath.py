@@ -25,6 +25,7 @@ side by side, so a change to the hot path is quoted against what it changes:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -68,7 +69,10 @@ def serve_requests(kind: str, count: int, trace: bool) -> float | None:
 
     # threads=0: the app answers within the loop turn that read its request (what is
     # measured here); WSGI apps would otherwise get a thread pool.
-    config = Config(binds=["127.0.0.1:0"], keepalive_timeout=300, log_level="warning", threads=0)
+    extra = json.loads(os.environ.get("HOTPATH_SETTINGS", "{}"))  # (--setting)
+    config = Config(
+        binds=["127.0.0.1:0"], keepalive_timeout=300, log_level="warning", threads=0, **extra
+    )
     server = Server(as_native(app, config), config)
     server._resume_accepting()  # (no listeners) as while serving: not paused at the cap
     turn = server.loop.run_once
@@ -184,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         "--callgrind", action="store_true", help="count instructions too (valgrind; minutes)"
     )
     parser.add_argument("--only", nargs="+", choices=KINDS, help="these workloads only")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Config setting for the measured server, e.g. metrics_path=/metrics "
+        "(repeatable; the baseline must know it too)",
+    )
     parser.add_argument("--child", nargs=3, metavar=("KIND", "N", "SOURCE"), help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -193,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         if result is not None:
             print(result)
         return 0
+    settings = dict(item.split("=", 1) for item in args.setting)
+    os.environ["HOTPATH_SETTINGS"] = json.dumps(settings)  # (children inherit it)
     if args.callgrind and shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (Debian: apt-get install valgrind)")
     with tempfile.TemporaryDirectory(prefix="selserve-hotpath-") as scratch:

@@ -47,6 +47,9 @@ class Request(RequestHead):
     """
 
     __slots__ = ("peer", "local", "_body")
+    # "http" or "https" as a trusted proxy reported it (--proxy-headers); None: the
+    # server's own (--url-scheme).  A slot only in the class --proxy-headers uses.
+    scheme: str | None = None
 
     def arrived(self, body: bytes | BinaryIO = b"", peer=None, local=None) -> Request:
         """Attach what follows the head: the body and the addresses. Returns self."""

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     for field in settings():
         flag = flag_of(field)
         kind = hints[field.name]
-        common = {"dest": field.name, "help": field.metadata["help"]}
+        # (argparse formats help with %: a literal one, as in a log template, is %%)
+        common = {"dest": field.name, "help": field.metadata["help"].replace("%", "%%")}
         if field.metadata.get("metavar"):
             common["metavar"] = field.metadata["metavar"]
         if typing.get_origin(kind) is list:

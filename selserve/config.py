@@ -17,6 +17,9 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from .accesslog import check_format
+from .forwarded import SOURCES, TrustedPeers
+
 
 def _setting(default, help: str, *, flag: str | None = None, metavar: str | None = None):
     """A Config field carrying its command-line help (and optional flag name)."""
@@ -177,12 +180,58 @@ class Config:
     url_scheme: str = _setting(
         "http", "WSGI wsgi.url_scheme: https behind a TLS-terminating proxy", metavar="SCHEME"
     )
+    # -- behind a balancer
+    proxy_protocol: bool = _setting(
+        False,
+        "every connection starts with a PROXY protocol v1 or v2 header (HAProxy send-proxy, "
+        "nginx proxy_protocol), whose source is the client; one without it is closed",
+    )
+    proxy_headers: bool = _setting(
+        False,
+        "take the client address, scheme and host from Forwarded or X-Forwarded-For/-Proto/"
+        "-Host when the peer is in --forwarded-allow-ips (else those headers are ignored)",
+    )
+    forwarded_allow_ips: str = _setting(
+        "127.0.0.1,::1",
+        "peers trusted with --proxy-headers: addresses and CIDRs, comma-separated, or * for all",
+        metavar="LIST",
+    )
+    forwarded_headers: str = _setting(
+        "x-forwarded",
+        "which proxy headers --proxy-headers reads, never both: x-forwarded "
+        "(X-Forwarded-For/-Proto/-Host: nginx, HAProxy forwardfor) or forwarded (RFC 7239)",
+        metavar="FAMILY",
+    )
     # -- operations
     access_log: str = _setting(
         "", "append a Combined Log Format line per request to PATH ('-': stdout)", metavar="PATH"
     )
+    access_log_format: str = _setting(
+        "combined",
+        "combined, common, json, or a template of gunicorn's atoms, e.g. "
+        "'%(h)s \"%(r)s\" %(s)s %(b)s %(D)s'; %({name}i)s logs a request header",
+        metavar="FORMAT",
+    )
     stats_path: str = _setting(
         "", "answer GET PATH with the server's counters as JSON (e.g. /_stats)", metavar="PATH"
+    )
+    metrics_path: str = _setting(
+        "",
+        "answer GET PATH with the server's figures in the Prometheus text format "
+        "(e.g. /metrics), summed over workers",
+        metavar="PATH",
+    )
+    health_path: str = _setting(
+        "",
+        "answer GET PATH with 200 ok while serving and 503 from the moment a drain begins "
+        "(e.g. /healthz), before the app sees it",
+        metavar="PATH",
+    )
+    drain_delay: float = _setting(
+        0.0,
+        "on SIGTERM, go on serving this long while --health-path answers 503, so that a "
+        "balancer stops sending first (s; 5-10 under Kubernetes)",
+        metavar="S",
     )
     log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
     server_header: str = _setting(
@@ -217,6 +266,7 @@ class Config:
             "max_requests",
             "max_requests_jitter",
             "worker_timeout",
+            "drain_delay",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_dash(name)} must be 0 or more")
@@ -224,8 +274,11 @@ class Config:
             raise ValueError("--low-water must not exceed --high-water")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("--log-level must be one of debug, info, warning, error")
-        if self.stats_path and not self.stats_path.startswith("/"):
-            raise ValueError("--stats-path must start with /, e.g. /_stats")
+        self._validate_paths()
+        check_format(self.access_log_format)
+        TrustedPeers.parse(self.forwarded_allow_ips)  # (its ValueError names the bad item)
+        if self.forwarded_headers not in SOURCES:
+            raise ValueError("--forwarded-headers must be x-forwarded or forwarded")
         if self.url_scheme not in ("http", "https"):
             raise ValueError("--url-scheme must be http or https")
         if any(c in self.server_header for c in "\r\n\0"):
@@ -244,6 +297,21 @@ class Config:
             raise ValueError(f"{where} must be a number of processes (1 or more) or auto")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError("--root-path must start with / and not end with one, e.g. /app")
+
+    def _validate_paths(self) -> None:
+        """The server's own paths: real paths, and no two the same."""
+        paths: dict[str, str] = {}
+        for name, example in (
+            ("stats_path", "/_stats"),
+            ("metrics_path", "/metrics"),
+            ("health_path", "/healthz"),
+        ):
+            path = getattr(self, name)
+            if path and (not path.startswith("/") or any(c in path for c in "?# ")):
+                raise ValueError(f"--{_dash(name)} must be a path starting with /, e.g. {example}")
+            if path and path in paths:
+                raise ValueError(f"--{_dash(name)} and --{_dash(paths[path])} are both {path}")
+            paths[path] = name
 
     @property
     def static_mounts(self) -> list[tuple[str, str, bool]]:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import socket
 
-from .app import FileBody, Request, Response, close_body, internal_error
+from . import proxy_protocol
+from .app import FileBody, Response, close_body, internal_error
 from .backends import READABLE, WRITABLE
 from .buffer import WriteBuffer
 from .context import ConnectionContext
@@ -39,7 +40,7 @@ from .http.exchange import (
     SENDING,
     ServerExchange,
 )
-from .http.response import UNANNOUNCED
+from .http.response import UNANNOUNCED, chunk
 from .producer import ENDED, WAITING, BodyProducer
 from .transport import Transport
 
@@ -72,8 +73,11 @@ PRODUCE_BUDGET = 1024 * 1024
 LINGER_TIMEOUT = 2.0
 LINGER_READS = 16
 
-# What the connection is doing with its transport.
-OPEN, LINGERING, CLOSED_IO = "open", "lingering", "closed"
+# What the connection is doing with its transport (PREAMBLE: --proxy-protocol, the
+# balancer's PROXY header comes before any HTTP).
+OPEN, LINGERING, CLOSED_IO, PREAMBLE = "open", "lingering", "closed", "preamble"
+PROXY_REFUSED = "proxy-header-refused"  # close reasons: no valid PROXY header, or
+PROXY_TIMEOUT = "proxy-header-timeout"  # none within --header-timeout
 
 
 class Connection:
@@ -96,11 +100,22 @@ class Connection:
         "producer_waiting",
         "closeable",
         "response_mark",
+        "body_mark",
+        "streamed",
+        "started",
         "status",
         "bytes_in",
+        "preamble",
     )
 
-    def __init__(self, context: ConnectionContext, transport: Transport, peer, local=None):
+    def __init__(
+        self,
+        context: ConnectionContext,
+        transport: Transport,
+        peer,
+        local=None,
+        proxy_protocol: bool = False,
+    ):
         loop = context.loop
         self.context = context
         self.loop = loop
@@ -109,14 +124,18 @@ class Connection:
         self.peer = peer
         self.local = local
         self.exchange = ServerExchange(
-            context.settings, request_class=Request, peer=peer, local=local
+            context.settings, request_class=context.request_class, peer=peer, local=local
         )
         self.out = WriteBuffer(context.high_water, context.low_water)
-        self.io_state = OPEN
+        self.io_state = PREAMBLE if proxy_protocol else OPEN
+        self.preamble = b""  # the PROXY header so far
         self.producer: BodyProducer | None = None  # a streamed body, while it is pulled
         self.producer_waiting = False  # a threaded body has nothing yet; resume() follows
         self.closeable = None  # the response body whose close() we owe the application
         self.response_mark = 0  # bytes_sent + pending when this response began
+        self.body_mark = 0  # ... and where its body begins (after the head)
+        self.streamed = -1  # payload bytes of a chunked body so far (-1: not chunked)
+        self.started = 0.0  # loop time the request in progress arrived
         self.status = 0  # of the response in progress, for the access log
         self.bytes_in = 0
         self.timeout_reason = HEADER_TIMEOUT  # counted from accept for a new connection
@@ -131,8 +150,11 @@ class Connection:
     # -- readiness ----------------------------------------------------------------
 
     def on_readable(self) -> None:
-        if self.io_state is LINGERING:
-            self._discard_input()
+        if self.io_state is not OPEN:
+            if self.io_state is PREAMBLE:
+                self._read_preamble()
+            else:
+                self._discard_input()
             return
         try:
             data = self.transport.recv(READ_SIZE)
@@ -168,7 +190,9 @@ class Connection:
 
     def on_timeout(self) -> None:
         reason = self.timeout_reason
-        if reason is HEADER_TIMEOUT and self.exchange.head_started:
+        if self.io_state is PREAMBLE:
+            reason = PROXY_TIMEOUT
+        elif reason is HEADER_TIMEOUT and self.exchange.head_started:
             self._try_send_now(self.exchange.refuse(408, "request head too slow"))
         self.close(reason)
 
@@ -184,6 +208,7 @@ class Connection:
         while True:
             event = exchange.next_event()
             if event is READY:
+                self.started = self.loop.now
                 context.requests += 1
                 if context.requests == context.max_requests:
                     context.served_enough()
@@ -218,6 +243,7 @@ class Connection:
         then never stored), else read the body."""
         context = self.context
         exchange = self.exchange
+        self.started = self.loop.now
         answer = context.dispatch.answer_from_head(exchange.request)
         if answer is not None:
             context.requests += 1
@@ -243,7 +269,9 @@ class Connection:
         if context.debug:
             log.debug("%r: refused with %d", self, exchange.refusal_status)
         self.status = exchange.refusal_status
+        self.started = self.loop.now
         self.response_mark = self.out.bytes_sent + self.out.size
+        self.body_mark = self.response_mark + exchange.refusal.find(b"\r\n\r\n") + 4
         self.out.append(exchange.refusal)
         self._pump()
 
@@ -291,7 +319,11 @@ class Connection:
             return
         out = self.out
         self.status = response.status
-        self.response_mark = out.bytes_sent + out.size
+        self.response_mark = mark = out.bytes_sent + out.size
+        # (`data` holds the body too when it is bytes and is sent at all: not for HEAD)
+        joined = length if closeable is None and length > 0 and self.exchange.body_follows else 0
+        self.body_mark = mark + len(data) - joined
+        self.streamed = -1
         self.closeable = closeable
         if closeable is None:  # the whole answer is in `data`
             # Optimistic: most answers fit in the socket buffer at once, and then no
@@ -310,6 +342,8 @@ class Connection:
                     out.append_file(body.fileobj, body.offset, body.count)
                 elif not self._start_producer(body):
                     return
+                elif self.exchange.writer.frame is chunk:
+                    self.streamed = 0  # (its framing is not body: count the payload)
         self._pump()
 
     def _start_producer(self, body) -> bool:
@@ -378,6 +412,8 @@ class Connection:
                 return
 
     def _end_of_body(self) -> None:
+        if self.streamed >= 0:
+            self.streamed = self.producer.total
         self.producer = None
         problem = self.exchange.writer.problem
         if problem is not None:
@@ -396,14 +432,21 @@ class Connection:
         self.exchange.abandon()
         self._send_answer(internal_error())
 
+    def _body_sent(self) -> int:
+        """Body bytes of the answer in progress that left (CLF's %b: no head, and for a
+        complete chunked body no framing either; an answer cut short counts its framing)."""
+        sent = max(0, self.out.bytes_sent - self.body_mark)
+        return sent if self.streamed < 0 else min(sent, self.streamed)
+
     def _response_complete(self) -> None:
         if self.closeable is not None:
             self._release_body()
         context = self.context
         exchange = self.exchange
-        if context.access_log is not None:
-            sent = self.out.bytes_sent - self.response_mark
-            context.access_log.write(self.peer, exchange.request, self.status, sent)
+        if context.observe is not None:
+            context.observe(
+                self.peer, exchange.request, self.status, self._body_sent(), self.started
+            )
         if not exchange.response_sent():
             self._close_after_response()
             return
@@ -447,6 +490,42 @@ class Connection:
         self._watch(READABLE)
         self._arm(LINGER_TIMEOUT, DONE)
 
+    def _read_preamble(self) -> None:
+        """--proxy-protocol: the PROXY header the balancer sends first names the
+        client; what follows it is HTTP.  Anything else closes the connection
+        unanswered (it did not come through the balancer)."""
+        try:
+            data = self.transport.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(RECV_ERROR, exc)
+            return
+        if not data:
+            self.close(PEER_CLOSED)
+            return
+        self.bytes_in += len(data)
+        data = self.preamble + data
+        try:
+            header = proxy_protocol.parse(data)
+        except proxy_protocol.ProxyProtocolError as exc:
+            self.close(PROXY_REFUSED, exc)
+            return
+        if header is None:
+            self.preamble = data  # (parse() bounds it: past MAX_V2_LENGTH it refuses)
+            return
+        self.preamble = b""
+        self.io_state = OPEN
+        exchange = self.exchange
+        if not header.local:  # (a balancer's own health check keeps the socket's addresses)
+            self.peer = exchange.peer = header.source
+            if header.destination is not None:
+                self.local = exchange.local = header.destination
+        if len(data) > header.length:  # the request began in the same packet
+            self.context.idle.pop(self, None)
+            exchange.receive(data[header.length :])
+            self._advance()
+
     def _discard_input(self) -> None:
         for _ in range(LINGER_READS):
             try:
@@ -477,13 +556,14 @@ class Connection:
                 except OSError:
                     pass
                 self.timer.cancel()
+            if self.producer is not None and self.streamed >= 0:
+                self.streamed = self.producer.total
             self.producer = None
             self._release_body()
             request = exchange.request
-            if context.access_log is not None and self.status and request is not None:
-                # An answer cut short (client gone, timeout, app failure): log what was sent.
-                sent = self.out.bytes_sent - self.response_mark
-                context.access_log.write(self.peer, request, self.status, max(sent, 0))
+            if context.observe is not None and self.status and request is not None:
+                # An answer cut short (client gone, timeout, app failure): what was sent.
+                context.observe(self.peer, request, self.status, self._body_sent(), self.started)
             if exchange.state is not APP:  # else a worker may still read the request body:
                 exchange.close()  # respond() lets it go when the app is done
             if context.debug and reason is not DONE and reason is not PEER_CLOSED:

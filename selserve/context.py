@@ -3,9 +3,10 @@
 Connections never see the `Server`: they get this narrow object, which the
 server fills in and keeps current, with the settings their exchanges share,
 the dispatch that answers their requests, their timeouts and water marks, the
-registry of idle connections (the ones reclaimed at the cap), the counters and
-the access log, and three callbacks for what they report.  It holds data and
-does nothing: no I/O, no import of connection.py or server.py.
+registry of idle connections (the ones reclaimed at the cap), the counters, the
+observer of finished answers (access log, metrics) and three callbacks for what
+they report.  It holds data and does nothing: no I/O, no import of
+connection.py or server.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .app import Request
 from .http.exchange import ExchangeSettings
 
 if TYPE_CHECKING:
@@ -36,7 +38,8 @@ class ConnectionContext:
         "low_water",
         "idle",
         "accepting",
-        "access_log",
+        "observe",
+        "request_class",
         "debug",
         "counters",
         "requests",
@@ -63,7 +66,7 @@ class ConnectionContext:
         keepalive_timeout: float = 5.0,
         high_water: int = 256 * 1024,
         low_water: int = 64 * 1024,
-        access_log=None,
+        observe: Callable | None = None,
         debug: bool = False,
     ) -> None:
         self.loop = loop
@@ -79,7 +82,10 @@ class ConnectionContext:
         # insertion order), with the loop time each went idle: reclaimable at the cap.
         self.idle: dict[Connection, float] = {}
         self.accepting = False  # False while the server is not accepting (at the cap, say)
-        self.access_log = access_log
+        # (peer, request, status, body bytes, loop time it began): an answer has ended,
+        # for the access log and the metrics; None when neither is kept.
+        self.observe = observe
+        self.request_class = Request  # what heads are parsed as (see forwarded.py)
         self.debug = debug
         self.counters: Counter[str] = Counter()
         self.requests = 0

@@ -26,7 +26,7 @@ FAILED = -3  # the application's iterator raised (the caller logs it)
 class BodyProducer:
     """One streamed response body (see the module docstring)."""
 
-    __slots__ = ("iterator", "exchange", "writer", "frame", "limited", "failure")
+    __slots__ = ("iterator", "exchange", "writer", "frame", "limited", "failure", "total")
 
     def __init__(self, iterator, exchange: ServerExchange) -> None:
         self.iterator = iterator
@@ -35,6 +35,7 @@ class BodyProducer:
         self.frame = writer.frame
         self.limited = writer.limited
         self.failure: Exception | None = None  # what the iterator raised (FAILED)
+        self.total = 0  # body bytes put in the buffer so far, unframed
 
     def fill(self, out: WriteBuffer) -> int:
         """Pull pieces until `out` reaches high water: the bytes added, or ENDED,
@@ -47,17 +48,22 @@ class BodyProducer:
                 piece = next(iterator)
             except StopIteration:
                 out.append(self.exchange.finish_body())
+                self.total += added
                 return ENDED
             except Exception as exc:
                 self.failure = exc
+                self.total += added
                 return FAILED
             if not piece:
                 continue
             if piece is WAIT:
+                self.total += added
                 return WAITING
             out.append(frame(piece))
             added += len(piece)
             if self.limited and self.writer.done:  # its Content-Length is reached
                 out.append(self.exchange.finish_body())
+                self.total += added
                 return ENDED
+        self.total += added
         return added

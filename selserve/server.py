@@ -14,6 +14,7 @@ cannot fill), reach another connection.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
@@ -22,6 +23,8 @@ import resource
 import signal
 import socket
 import stat
+import struct
+import sys
 import tempfile
 import threading
 import time
@@ -37,9 +40,12 @@ from .config import Config
 from .connection import INTERNAL_ERROR, RECLAIMED, SHUTDOWN, Connection
 from .context import ConnectionContext
 from .dispatch import Dispatch, as_native
+from .forwarded import TrustedPeers, forwarded_request_class
 from .http import response as wire
 from .http.exchange import ExchangeSettings
 from .loop import EventLoop
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import RequestMetrics, exposition
 from .notices import ThrottledWarning
 from .scoreboard import NOT_ACCEPTING, Scoreboard
 from .transport import prepare_socket
@@ -49,6 +55,13 @@ log = logging.getLogger("selserve")
 
 # Connections accepted per listener per turn, for fairness with the rest of the loop.
 ACCEPT_BATCH = 64
+# After a stop (SIGTERM), how long idle keep-alive connections may still bring one
+# last request (answered with Connection: close) before they are closed: longer than a
+# balancer takes to see the closed listener and stop sending (HAProxy checking every
+# second: 1-2 s).  Closed after 1 s, one request in 100,000 failed behind HAProxy.
+IDLE_GRACE = 2.0
+# The health path's answers: plain text, never cached by a proxy in between.
+_HEALTH_HEADERS = (("Content-Type", "text/plain"), ("Cache-Control", "no-store"))
 # How long a worker leaves a waiting client to a less loaded sibling (see
 # Server._leave_to_lighter_worker).
 BALANCE_PAUSE = 0.005
@@ -162,6 +175,25 @@ def raise_open_file_limit() -> int:
     return soft
 
 
+# A classic BPF program of one instruction, "return 0": every packet dropped.
+_DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, k = 0
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+
+
+def refuse_new_clients(sock: socket.socket) -> None:
+    """Linux: make a listening socket drop every packet from now on, so that no new
+    handshake completes (and no client joins the backlog) while what is queued is
+    accepted before the socket closes.  Elsewhere, or if refused, nothing happens."""
+    if sys.platform != "linux" or sock.family == socket.AF_UNIX:
+        return
+    program = ctypes.create_string_buffer(_DROP_ALL)
+    fprog = struct.pack("HL", 1, ctypes.addressof(program))  # struct sock_fprog
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError:
+        pass
+
+
 class Listener:
     """A listening socket as a loop handler: readable means 'connections are waiting'."""
 
@@ -215,11 +247,10 @@ class Server:
         # A pool for an app that may block (WSGI): `blocking` is its own word for it.
         threads = config.thread_count(getattr(app, "blocking", False))
         self.pool = WorkerPool(self.loop, threads, config.high_water) if threads else None
-        routes = {}
-        if config.stats_path:
-            routes[config.stats_path] = self._stats_route
-        self.dispatch = Dispatch(app, pool=self.pool, routes=routes)
-        self.access_log = AccessLog(config.access_log) if config.access_log else None
+        self.dispatch = Dispatch(app, pool=self.pool, routes=self._own_routes())
+        self.access_log = (
+            AccessLog(config.access_log, config.access_log_format) if config.access_log else None
+        )
         self.settings = ExchangeSettings(
             max_request_line=config.max_request_line,
             max_header_bytes=config.max_header_bytes,
@@ -228,31 +259,16 @@ class Server:
             spill_threshold=config.body_spill_threshold,
             open_spill_file=self.open_spill_file,
         )
-        self.context = ConnectionContext(
-            loop=self.loop,
-            settings=self.settings,
-            dispatch=self.dispatch,
-            closed=self.connection_closed,
-            became_idle=self.became_idle,
-            served_enough=self._served_enough,
-            body_store_failed=self.body_store_failed,
-            header_timeout=config.header_timeout,
-            body_timeout=config.body_timeout,
-            write_timeout=config.write_timeout,
-            keepalive_timeout=config.keepalive_timeout,
-            high_water=config.high_water,
-            low_water=config.low_water,
-            access_log=self.access_log,
-            debug=log.isEnabledFor(logging.DEBUG),
-        )
+        self.context = self._connection_context()
         # Connections with no request in progress, oldest-idle first: the ones closed
         # to make room at the cap (shared with the connections, which keep it current).
         self.idle = self.context.idle
-        self.counters = self.context.counters
+        self.counters = self.context.counters  # what the server and connections noted
+        self.closed: Counter[str] = Counter()  # connections closed, by reason
+        self.metrics = RequestMetrics() if config.metrics_path else None
+        self.context.observe = self._observer()
         self.stopping = False
-        # A worker under a supervisor stops by draining: idle keep-alive connections are
-        # not closed in the client's face but answered once more, with Connection: close.
-        self.drain_on_stop = False
+        self.draining = False  # the health path answers 503 (see begin_shutdown)
         self.on_leaving: Callable[[], object] | None = None  # called when max_requests is met
         self._took_turn = False  # see _leave_to_lighter_worker()
 
@@ -269,6 +285,45 @@ class Server:
             f"Server: {config.server_header}\r\n".encode("latin-1") if config.server_header else b""
         )
         self._refresh_date()
+
+    def _own_routes(self) -> dict:
+        """The server's own paths, answered before the app (and never on its pool)."""
+        config = self.config
+        routes = {}
+        if config.stats_path:
+            routes[config.stats_path] = self._stats_route
+        if config.metrics_path:
+            routes[config.metrics_path] = self._metrics_route
+        if config.health_path:
+            routes[config.health_path] = self._health_route
+        return routes
+
+    def _connection_context(self) -> ConnectionContext:
+        config = self.config
+        context = ConnectionContext(
+            loop=self.loop,
+            settings=self.settings,
+            dispatch=self.dispatch,
+            closed=self.connection_closed,
+            became_idle=self.became_idle,
+            served_enough=self._served_enough,
+            body_store_failed=self.body_store_failed,
+            header_timeout=config.header_timeout,
+            body_timeout=config.body_timeout,
+            write_timeout=config.write_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            high_water=config.high_water,
+            low_water=config.low_water,
+            debug=log.isEnabledFor(logging.DEBUG),
+        )
+        if config.proxy_headers:
+            context.request_class = forwarded_request_class(
+                Request,
+                TrustedPeers.parse(config.forwarded_allow_ips),
+                config.forwarded_headers,
+                malformed=self._forwarded_malformed,
+            )
+        return context
 
     @property
     def accepting(self) -> bool:
@@ -311,8 +366,8 @@ class Server:
         if not self.listeners:
             self.bind()
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self.loop.add_signal_handler(signum, self.begin_shutdown)
+            self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)
+            self.loop.add_signal_handler(signal.SIGINT, self.interrupt)
         self._resume_accepting()
         log.log(
             logging.INFO if announce else logging.DEBUG,
@@ -331,8 +386,9 @@ class Server:
                 self._beat()  # the final counts, for the supervisor to keep
 
     def shutdown(self) -> None:
-        """Ask a running server to stop gracefully; safe from any thread."""
-        self.loop.call_soon_threadsafe(self.begin_shutdown)
+        """Ask a running server to stop gracefully, as `interrupt()` does (no drain
+        delay); safe from any thread."""
+        self.loop.call_soon_threadsafe(self.interrupt)
 
     # -- accepting ------------------------------------------------------------
 
@@ -422,7 +478,9 @@ class Server:
             self._refuse_unwatchable(sock)
             return
         try:
-            conn = Connection(self.context, prepare_socket(sock), peer, local)
+            conn = Connection(
+                self.context, prepare_socket(sock), peer, local, self.config.proxy_protocol
+            )
         except Exception as exc:
             # A client gone already (EINVAL from setsockopt) or a bug: either way
             # this one socket is closed and accepting goes on.
@@ -504,7 +562,7 @@ class Server:
         self.idle.pop(conn, None)
         if self._shared is not None:
             self._publish_load()
-        self.counters[reason] += 1
+        self.closed[reason] += 1
         self.bytes_in += conn.bytes_in
         self.bytes_out += conn.out.bytes_sent
         if not self.context.accepting:
@@ -521,7 +579,7 @@ class Server:
         log.info("served %d requests (--max-requests): leaving", self.requests)
         if self.on_leaving is not None:
             self.on_leaving()
-        self.begin_shutdown()
+        self.leave()
 
     def became_idle(self) -> None:
         """A connection went idle (it is in `idle` now) while accepting is paused at
@@ -532,6 +590,9 @@ class Server:
 
     def count(self, what: str) -> None:
         self.counters[what] += 1
+
+    def _forwarded_malformed(self, count: int) -> None:
+        self.counters["forwarded-header-malformed"] += count
 
     def open_spill_file(self):
         """A temporary file for a request body past --body-spill-threshold."""
@@ -546,20 +607,32 @@ class Server:
             tempfile.gettempdir(),
         )
 
+    def figures(self) -> tuple[dict, dict, dict[int, int]]:
+        """(counts, gauges, {pid: requests}) for the whole server: this process, or,
+        with workers sharing a scoreboard, summed over all of them."""
+        snapshot = self.snapshot()
+        if self._shared is None:
+            return snapshot["counts"], snapshot["gauges"], {os.getpid(): self.requests}
+        board, slot, _ = self._shared
+        board.beat(slot, os.getpid(), snapshot)  # our own figures, fresh
+        return board.total()
+
+    @property
+    def started_at(self) -> float:
+        """When the server (the first of its workers) started, in Unix time."""
+        return self._shared[2] if self._shared is not None else self.started
+
     def stats(self) -> dict:
         """Counters for monitoring: connections, requests, bytes, and why connections
         closed; with workers sharing a scoreboard, summed over all of them."""
-        if self._shared is None:
-            counts, gauges = self.snapshot().values()
-            uptime, extra = time.time() - self.started, {}
-        else:
-            board, slot, started = self._shared
-            board.beat(slot, os.getpid(), self.snapshot())  # our own figures, fresh
-            counts, gauges, per_worker = board.total()
-            uptime = time.time() - started
+        counts, gauges, per_worker = self.figures()
+        events = Counter(counts.get("events", {}))
+        events.update(counts.get("closed", {}))
+        extra = {}
+        if self._shared is not None:
             extra = {"workers": len(per_worker), "requests_by_worker": per_worker}
         return {
-            "uptime_seconds": round(uptime, 3),
+            "uptime_seconds": round(time.time() - self.started_at, 3),
             "backend": self.backend.name,
             **extra,
             "connections_open": gauges.get("connections_open", 0),
@@ -569,25 +642,55 @@ class Server:
             "requests": counts.get("requests", 0),
             "bytes_in": counts.get("bytes_in", 0),
             "bytes_out": counts.get("bytes_out", 0),
-            "events": dict(sorted(counts.get("events", {}).items())),
+            "events": dict(sorted(events.items())),
         }
 
     def snapshot(self) -> dict:
         """This process's figures: counts (only ever grow) and gauges (right now)."""
         live = self.connections
+        events = self.counters.copy()
+        del events["accepted"]  # (connections_accepted)
+        if self.access_log is not None and self.access_log.lines_lost:
+            events["access-log-lines-lost"] = self.access_log.lines_lost
         counts = {
             "connections_accepted": self.counters["accepted"],
             "requests": self.requests,
             "bytes_in": self.bytes_in + sum(conn.bytes_in for conn in live),
             "bytes_out": self.bytes_out + sum(conn.out.bytes_sent for conn in live),
-            "events": dict(self._events()),
+            "closed": dict(self.closed),
+            "events": dict(events),
         }
+        if self.metrics is not None:
+            counts.update(self.metrics.counts())
         gauges = {
             "connections_open": len(live),
             "connections_idle": len(self.idle),
             "connection_limit": self.limit,
         }
         return {"counts": counts, "gauges": gauges}
+
+    def _observer(self) -> Callable | None:
+        """What a connection calls once an answer ends (complete or cut short), for the
+        access log and the metrics; None (no call at all) when neither is on."""
+        access_log, metrics = self.access_log, self.metrics
+        if access_log is None and metrics is None:
+            return None
+        monotonic = time.monotonic
+
+        def observe(peer, request, status: int, body_bytes: int, started: float) -> None:
+            """`request` is None for a refusal before its head was read; else its peer is
+            the client a proxy named (--proxy-headers), if it did."""
+            seconds = monotonic() - started
+            if request is None:
+                if access_log is not None:
+                    access_log.write(peer, None, status, body_bytes, seconds)
+                return
+            if metrics is not None:
+                metrics.observe(request.method, status, seconds)
+            if access_log is not None:
+                access_log.write(request.peer, request, status, body_bytes, seconds)
+
+        return observe
 
     def share(self, board: Scoreboard, slot: int, started: float) -> None:
         """Work as one of several workers (`--workers`): beat into our `slot` of
@@ -600,19 +703,30 @@ class Server:
     def _beat(self) -> None:
         board, slot, _ = self._shared
         # Counters are gathered only when something reads them (the stats path).
-        board.beat(slot, os.getpid(), self.snapshot() if self.config.stats_path else None)
-
-    def _events(self) -> Counter[str]:
-        events = self.counters.copy()
-        if self.access_log is not None and self.access_log.lines_lost:
-            events["access-log-lines-lost"] = self.access_log.lines_lost
-        return events
+        wanted = self.config.stats_path or self.config.metrics_path
+        board.beat(slot, os.getpid(), self.snapshot() if wanted else None)
 
     def _stats_route(self, request: Request) -> Response | None:
         """--stats-path: GET or HEAD; other methods go on to the app."""
         if request.method == "GET" or request.method == "HEAD":
             return self.stats_response()
         return None
+
+    def _metrics_route(self, request: Request) -> Response | None:
+        """--metrics-path: the figures in the Prometheus text format."""
+        if request.method != "GET" and request.method != "HEAD":
+            return None
+        counts, gauges, per_worker = self.figures()
+        body = exposition(counts, gauges, len(per_worker), self.started_at).encode("utf-8")
+        return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], body)
+
+    def _health_route(self, request: Request) -> Response | None:
+        """--health-path: 200 while serving, 503 from the moment a drain begins."""
+        if request.method != "GET" and request.method != "HEAD":
+            return None
+        if self.draining:
+            return Response(503, _HEALTH_HEADERS, b"draining\n")
+        return Response(200, _HEALTH_HEADERS, b"ok\n")
 
     def stats_response(self) -> Response:
         body = json.dumps(self.stats(), indent=1).encode("ascii")
@@ -635,27 +749,94 @@ class Server:
     # -- stopping -------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
-        """Stop accepting, close idle connections, let in-flight ones finish up to the deadline."""
+        """Stop gracefully, as an orchestrator means it (SIGTERM).  With --drain-delay,
+        first go on serving that long while the health path answers 503, so that a
+        balancer takes us out of rotation before anything is refused; a second call
+        stops at once.  Then idle connections are not closed in their client's face
+        at once, since a balancer may be sending on one at that very moment: for
+        IDLE_GRACE a request on one is answered (with Connection: close), and only
+        then are those still idle closed."""
         if self.stopping:
             return
-        self.stopping = True
+        if self.config.drain_delay and not self.draining:
+            self.draining = True
+            log.info(
+                "draining: the health path answers 503; listeners close in %.1f s",
+                self.config.drain_delay,
+            )
+            self.loop.call_later(self.config.drain_delay, self._stop)
+            return
+        self._stop()
+
+    def interrupt(self) -> None:
+        """Stop gracefully, as a person at a terminal means it (SIGINT, Ctrl-C): no
+        drain delay, idle keep-alive connections closed at once, in-flight answers
+        finish."""
+        self._stop(close_idle=True)
+
+    def leave(self) -> None:
+        """Stop gracefully at once, without a drain delay and leaving the clients queued
+        on the listeners to the workers that stay (a reload, fewer workers, or
+        --max-requests): the listening sockets live on in them."""
+        self._stop(take_queued=False)
+
+    def _stop(self, take_queued: bool = True, close_idle: bool = False) -> None:
+        """Stop accepting, let in-flight answers finish up to --shutdown-timeout."""
+        if self.stopping:
+            if close_idle:  # (a Ctrl-C while stopping gently: hurry up)
+                self._close_idle()
+            return
+        self.draining = True  # (the health path says 503 from now on, if not already)
         self.settings.keep_alive = False  # every answer from now on closes its connection
+        self._pause_accepting()
+        self._close_listeners(take_queued)
+        self.stopping = True
         if self._shared is not None:
             self._publish_load()  # (as not accepting: siblings no longer leave clients to us)
         count = len(self.connections)
         log.info("shutting down: %d connection%s open", count, "" if count == 1 else "s")
-        self._pause_accepting()
-        for listener in self.listeners:
-            listener.close()
-        self.listeners.clear()
-        if not self.drain_on_stop:
-            for conn in list(self.connections):
-                if conn.idle:
-                    conn.close(SHUTDOWN)
+        if close_idle:
+            self._close_idle()
+        else:
+            self.loop.call_later(IDLE_GRACE, self._close_idle)
         if not self.connections:
             self.loop.stop()
             return
         self.loop.call_later(self.config.shutdown_timeout, self._shutdown_deadline)
+
+    def _close_idle(self) -> None:
+        for conn in list(self.connections):
+            if conn.idle:
+                # A request may have arrived since the loop last looked (a balancer
+                # sending on its pooled connection): read first, and answer it.
+                conn.on_readable()
+            if conn.idle:
+                conn.close(SHUTDOWN)
+        if not self.connections:
+            self.loop.stop()
+
+    def _close_listeners(self, take_queued: bool) -> None:
+        """Close the listening sockets.  Closing one resets the clients queued in its
+        backlog, which were told their connection is open (a balancer answers them
+        502); so, with `take_queued`, first stop the kernel from completing new
+        handshakes (those clients are refused, which a balancer retries elsewhere),
+        then accept what is queued, to be answered (with Connection: close) like the
+        rest, and close at once."""
+        for listener in self.listeners:
+            if take_queued:
+                refuse_new_clients(listener.sock)
+                for _ in range(self.config.backlog):
+                    try:
+                        sock, peer = listener.sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:
+                        if exc.errno in _ACCEPT_SKIP:
+                            continue
+                        break  # out of descriptors, say: what is left is lost either way
+                    self.accepted(sock, peer, listener.local)
+            listener.close()
+        self.listeners.clear()
 
     def _shutdown_deadline(self) -> None:
         if self.connections:

@@ -57,6 +57,10 @@ SIGNALS = frozenset(
         signal.SIGUSR1,  # from a worker: "I am leaving (--max-requests): replace me now"
     )
 )
+# To a worker: leave now, gracefully, without a drain delay and without taking the
+# clients queued on the listeners (the workers that stay take them): a reload, one
+# worker fewer.  SIGTERM is "stop": drain for --drain-delay, then take the queue.
+RETIRE = signal.SIGUSR2
 # How long a worker may take to import the app and start serving.
 READY_TIMEOUT = 60.0
 # A worker that dies within this long of starting "died young": restarts back off.
@@ -194,7 +198,7 @@ class Supervisor:
         for worker in new:
             if not self._wait_ready(worker):
                 for other in new:
-                    self._signal(other, signal.SIGTERM)
+                    self._signal(other, RETIRE)
                 self.generation -= 1
                 return False
         return True
@@ -233,7 +237,7 @@ class Supervisor:
             log.error("reload aborted: a new worker could not start; the old ones go on")
             return
         for worker in old:
-            self._signal(worker, signal.SIGTERM)
+            self._signal(worker, RETIRE)
 
     def _retire(self, count: int) -> None:
         current = sorted(
@@ -241,22 +245,32 @@ class Supervisor:
             key=lambda w: w.started,
         )
         for worker in current[:count]:
-            self._signal(worker, signal.SIGTERM)
+            self._signal(worker, RETIRE)
             worker.generation = -1  # leaving: not counted as serving
 
     def _begin_stop(self) -> None:
+        """Stop every worker gracefully (each drains for --drain-delay first); a second
+        SIGTERM or SIGINT tells them to stop draining."""
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGTERM)
         if self.stopping:
             return
         self.stopping = True
         count = len(self.workers)
         log.info("stopping %d worker%s", count, _s(count))
-        for worker in self.workers.values():
-            self._signal(worker, signal.SIGTERM)
-        self.stop_deadline = time.monotonic() + self.config.shutdown_timeout + STOP_GRACE
+        # Our copies of the listeners go now: the workers' copies keep them open while
+        # they drain, and the last worker to close one accepts what is queued first.
+        # Kept until the end, ours would hold clients in the backlog only to reset them.
+        for sock, _ in self.listeners:
+            sock.close()
+        config = self.config
+        self.stop_deadline = (
+            time.monotonic() + config.drain_delay + config.shutdown_timeout + STOP_GRACE
+        )
 
     def _stop_all(self) -> None:
         for worker in self.workers.values():
-            self._signal(worker, signal.SIGTERM)
+            self._signal(worker, RETIRE)
         deadline = time.monotonic() + self.config.shutdown_timeout + STOP_GRACE
         while self.workers and time.monotonic() < deadline:
             self._reap()
@@ -373,9 +387,9 @@ class Supervisor:
             return USAGE_ERROR
         for sock, address in self.listeners:
             server.adopt(sock, address)
-        server.drain_on_stop = True
         if slot is not None:
             server.share(self.board, slot, self.started)
+        server.loop.add_signal_handler(RETIRE, server.leave)
         if self.config.max_requests:
             jitter = random.randint(0, self.config.max_requests_jitter)
             server.stop_after(self.config.max_requests + jitter)

@@ -273,6 +273,8 @@ class WSGIAdapter:
                 request.host, local
             )
 
+        if request.scheme is not None:  # (a trusted proxy's word: --proxy-headers)
+            _set_scheme(environ, request.scheme)
         peer = request.peer
         if type(peer) is tuple:
             environ["REMOTE_ADDR"] = peer[0]
@@ -643,3 +645,11 @@ def _stream_size(stream) -> int:
     size = stream.seek(0, os.SEEK_END)
     stream.seek(position)
     return size - position
+
+
+def _set_scheme(environ: dict, scheme: str) -> None:
+    environ["wsgi.url_scheme"] = scheme
+    if scheme == "https":
+        environ["HTTPS"] = "on"
+    else:
+        environ.pop("HTTPS", None)

@@ -18,6 +18,8 @@ from selserve.connection import (
     HEADER_TIMEOUT,
     KEEPALIVE_TIMEOUT,
     PEER_CLOSED,
+    PROXY_REFUSED,
+    PROXY_TIMEOUT,
     SEND_ERROR,
     WRITE_TIMEOUT,
     Connection,
@@ -121,11 +123,13 @@ def app(request):
         return Response(200, [], (b"p" * 1000 for _ in range(1000)))
     if request.path == "/echo":
         return Response(200, [], request.body)
+    if request.path == "/peer":
+        return Response(200, [], f"{request.peer} {request.local}".encode())
     return Response(200, [("Content-Type", "text/plain")], b"hello")
 
 
 class Harness:
-    def __init__(self, app=app, window=None, **context):
+    def __init__(self, app=app, window=None, proxy_protocol=False, **context):
         self.loop = FakeLoop()
         self.closed: list[str] = []
         self.idle_calls = 0
@@ -142,7 +146,9 @@ class Harness:
         )
         self.context.accepting = True
         self.transport = FakeTransport(self.loop, window)
-        self.conn = Connection(self.context, self.transport, ("10.0.0.1", 5000), ("10.0.0.2", 80))
+        self.conn = Connection(
+            self.context, self.transport, ("10.0.0.1", 5000), ("10.0.0.2", 80), proxy_protocol
+        )
 
     def _spill(self):
         self.spills += 1
@@ -226,11 +232,10 @@ def test_a_send_that_fails_closes_once_unwatching_before_closing(at_send):
 
 
 def test_a_failing_access_log_still_frees_the_slot():
-    class Exploding:
-        def write(self, *args):
-            raise RuntimeError("log bug")
+    def exploding(*args):
+        raise RuntimeError("log bug")
 
-    h = Harness(access_log=Exploding())
+    h = Harness(observe=exploding)
     h.conn.status = 200  # an answer was in progress
     h.conn.exchange.request = object()
     with pytest.raises(RuntimeError):
@@ -345,3 +350,49 @@ def test_a_connection_going_idle_while_accepting_is_paused_tells_the_server():
     h.context.accepting = False
     h.send(HELLO)
     assert h.idle_calls == 1
+
+
+# -- --proxy-protocol: the balancer's header comes first ----------------------------
+
+PROXY_V1 = b"PROXY TCP4 192.0.2.7 10.0.0.2 51234 443\r\n"
+PEER_REQUEST = b"GET /peer HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def test_the_proxy_header_names_the_client_and_the_request_may_follow_at_once():
+    h = Harness(proxy_protocol=True)
+    h.send(PROXY_V1 + PEER_REQUEST)
+    assert h.transport.sent.endswith(b"('192.0.2.7', 51234) ('10.0.0.2', 443)")
+    h.send(PEER_REQUEST)  # and it stays the client for the connection's later requests
+    assert h.transport.sent.endswith(b"('192.0.2.7', 51234) ('10.0.0.2', 443)")
+    assert not h.closed
+
+
+def test_a_proxy_header_in_pieces_is_waited_for():
+    h = Harness(proxy_protocol=True)
+    h.send(PROXY_V1[:5], PROXY_V1[5:20], PROXY_V1[20:], PEER_REQUEST[:10], PEER_REQUEST[10:])
+    assert h.transport.sent.endswith(b"('192.0.2.7', 51234) ('10.0.0.2', 443)")
+
+
+def test_a_local_proxy_header_keeps_the_sockets_addresses():
+    local_v2 = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00, 0, 0])
+    h = Harness(proxy_protocol=True)
+    h.send(local_v2 + PEER_REQUEST)
+    assert h.transport.sent.endswith(b"('10.0.0.1', 5000) ('10.0.0.2', 80)")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [PEER_REQUEST, b"PROXY TCP4 192.0.2.7 10.0.0.2 99999 443\r\n", b"PROXY " + b"1" * 200],
+    ids=["plain-http", "bad-port", "too-long"],
+)
+def test_a_connection_without_a_valid_proxy_header_is_closed_unanswered(first):
+    h = Harness(proxy_protocol=True)
+    h.send(first)
+    assert h.closed == [PROXY_REFUSED] and h.transport.sent == b""
+
+
+def test_a_proxy_header_that_never_completes_times_out_as_such():
+    h = Harness(proxy_protocol=True)
+    h.send(PROXY_V1[:10])
+    h.conn.on_timeout()
+    assert h.closed == [PROXY_TIMEOUT] and h.transport.sent == b""

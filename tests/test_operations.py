@@ -6,6 +6,7 @@ import json
 import re
 import time
 
+import prometheus
 import pytest
 from helpers import get_request, post_request
 
@@ -53,7 +54,7 @@ def test_access_log_writes_one_combined_line_per_request(backend, server_factory
     )
     assert (first["referer"], first["agent"]) == ("http://r.example/", r"t\x22q\x5Cx")
     assert (echo["request"], echo["status"]) == ("POST /echo HTTP/1.1", "200")
-    assert int(echo["size"]) > 5  # head and body of the answer
+    assert int(echo["size"]) == 5  # the body only (CLF %b, nginx $body_bytes_sent): no head
     assert (missing["request"], missing["status"]) == ("GET /nope HTTP/1.1", "404")
 
 
@@ -107,3 +108,57 @@ def test_debug_log_names_the_reason_a_connection_ended(backend, server_factory):
         time.sleep(0.1)
     assert "closed: keepalive-timeout" in proc.stderr_tail()
     assert "Traceback" not in proc.stderr_tail()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_path_gives_prometheus_text_summed_over_workers(backend, server_factory, workers):
+    proc = server_factory(
+        backend, "--workers", workers, "--metrics-path", "/metrics", "--keepalive-timeout", "0.3"
+    )
+    for _ in range(6):
+        assert proc.request(get_request("/", extra="Connection: close\r\n")).status == 200
+    assert proc.get("/status/404").status == 404
+    assert proc.request(post_request("/echo", b"x" * 10), method="POST").status == 200
+    with proc.connect() as bad:
+        bad.send(b"BROKEN\r\n\r\n")
+        assert bad.read_final_response().status == 400
+    time.sleep(1.2)  # (each worker publishes its counts once a second)
+    answer = proc.get("/metrics")
+    assert answer.status == 200
+    assert answer.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+    families = prometheus.parse(answer.body.decode())
+    requests = families["selserve_requests_total"]
+    assert requests.value(method="GET", status="2xx") == 6
+    assert requests.value(method="GET", status="4xx") == 1
+    assert requests.value(method="POST", status="2xx") == 1
+    histogram = families["selserve_request_duration_seconds"]
+    # The 8 above and, perhaps, this scrape itself (counted once answered).
+    assert 8 <= histogram.value("_count") <= 9 and histogram.value("_sum") > 0
+    assert families["selserve_events_total"].value(event="http-400") == 1
+    assert families["selserve_connections_accepted_total"].value() >= 9
+    assert families["selserve_connections_closed_total"].value(reason="done") >= 6
+    assert families["selserve_workers"].value() == int(workers)
+    assert families["selserve_connections_active"].value() >= 1  # this very scrape
+
+
+def test_access_log_counts_body_bytes_only_and_the_request_time(backend, server_factory, tmp_path):
+    log_path = tmp_path / "access.log"
+    proc = server_factory(
+        backend, "--access-log", str(log_path), "--access-log-format", "%(s)s %(B)s %(D)s"
+    )
+    assert proc.get("/").status == 200  # "Hello, world!\n" style greeting, fixed length
+    assert proc.get("/stream?n=4&size=10").status == 200  # chunked: framing is not body
+    first, second = read_log_lines(log_path, 2)
+    status, size, micros = first.split()
+    assert status == "200" and int(size) == len(proc.get("/").body) and int(micros) >= 0
+    assert second.split()[:2] == ["200", "40"], second
+
+
+def test_access_log_counts_no_body_for_head(backend, server_factory, tmp_path):
+    log_path = tmp_path / "access.log"
+    proc = server_factory(
+        backend, "--access-log", str(log_path), "--access-log-format", "%(m)s %(s)s %(B)s"
+    )
+    head = proc.request(get_request("/").replace(b"GET", b"HEAD", 1), method="HEAD")
+    assert head.status == 200 and head.body == b""
+    assert read_log_lines(log_path, 1) == ["HEAD 200 0"]

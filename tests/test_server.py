@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 
 from selserve import Response, Server, backends
 from selserve.app import native
+from selserve.server import refuse_new_clients
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -276,3 +278,23 @@ def poll_until(predicate, timeout: float):
     while not (value := predicate()) and time.monotonic() < deadline:
         time.sleep(0.02)
     return value
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux socket filter")
+def test_a_listener_refusing_new_clients_still_hands_over_the_queued_ones():
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        queued = socket.create_connection(listener.getsockname(), timeout=2)
+        refuse_new_clients(listener)
+        late = socket.socket()
+        late.settimeout(0.5)
+        with pytest.raises(TimeoutError):  # its SYN is dropped: no handshake completes
+            late.connect(listener.getsockname())
+        late.close()
+        accepted, _ = listener.accept()  # the one queued before is still there
+        queued.sendall(b"x")
+        assert accepted.recv(1) == b"x"
+        accepted.close()
+        queued.close()
+    finally:
+        listener.close()
