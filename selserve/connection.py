@@ -432,7 +432,7 @@ class Connection:
         self.exchange.abandon()
         self._send_answer(internal_error())
 
-    def _body_sent(self) -> int:
+    def body_sent(self) -> int:
         """Body bytes of the answer in progress that left (CLF's %b: no head, and for a
         complete chunked body no framing either; an answer cut short counts its framing)."""
         sent = max(0, self.out.bytes_sent - self.body_mark)
@@ -444,9 +444,7 @@ class Connection:
         context = self.context
         exchange = self.exchange
         if context.observe is not None:
-            context.observe(
-                self.peer, exchange.request, self.status, self._body_sent(), self.started
-            )
+            context.observe(self, exchange.request)
         if not exchange.response_sent():
             self._close_after_response()
             return
@@ -563,7 +561,7 @@ class Connection:
             request = exchange.request
             if context.observe is not None and self.status and request is not None:
                 # An answer cut short (client gone, timeout, app failure): what was sent.
-                context.observe(self.peer, request, self.status, self._body_sent(), self.started)
+                context.observe(self, request)
             if exchange.state is not APP:  # else a worker may still read the request body:
                 exchange.close()  # respond() lets it go when the app is done
             if context.debug and reason is not DONE and reason is not PEER_CLOSED:

@@ -82,7 +82,8 @@ class ConnectionContext:
         # insertion order), with the loop time each went idle: reclaimable at the cap.
         self.idle: dict[Connection, float] = {}
         self.accepting = False  # False while the server is not accepting (at the cap, say)
-        # (peer, request, status, body bytes, loop time it began): an answer has ended,
+        # (connection, request): an answer has ended (its status, start and body_sent()
+        # are the connection's),
         # for the access log and the metrics; None when neither is kept.
         self.observe = observe
         self.request_class = Request  # what heads are parsed as (see forwarded.py)

@@ -91,8 +91,19 @@ class Dispatch:
         return internal_error()
 
     def _with_routes(self, request: Request, handle: Handle) -> Response:
-        response = self._route(request)
-        return self.call(request) if response is None else response
+        # `call` written out, with the route lookup before it: this runs for every
+        # request once a server route exists, and a frame more cost 2% of a hello.
+        if request.path in self.routes:
+            response = self._route(request)
+            if response is not None:
+                return response
+        try:
+            response = self.app(request)
+        except Exception:
+            return self._app_failed(request)
+        if type(response) is Response:
+            return response
+        return self._checked(response)
 
     def _on_pool(self, request: Request, handle: Handle) -> Response | None:
         # Static files and the server's own routes are answered here, not on a worker
@@ -120,9 +131,21 @@ class Dispatch:
         try:
             response = self.app(request)
         except Exception:
-            log.exception("application error on %s %s", request.method, request.target)
-            return internal_error()
-        if type(response) is Response or isinstance(response, Response):
+            return self._app_failed(request)
+        if type(response) is Response:
+            return response
+        return self._checked(response)
+
+    @staticmethod
+    def _app_failed(request: Request) -> Response:
+        log.exception("application error on %s %s", request.method, request.target)
+        return internal_error()
+
+    @staticmethod
+    def _checked(response) -> Response:
+        """An answer that is not exactly a Response: a subclass passes, anything else
+        is the application's mistake (a 500)."""
+        if isinstance(response, Response):
             return response
         log.error("application returned %r, not a Response", type(response).__name__)
         return internal_error()

@@ -670,25 +670,27 @@ class Server:
         return {"counts": counts, "gauges": gauges}
 
     def _observer(self) -> Callable | None:
-        """What a connection calls once an answer ends (complete or cut short), for the
-        access log and the metrics; None (no call at all) when neither is on."""
+        """What a connection calls once an answer ends (complete or cut short), as
+        `observe(connection, request)`, for the access log and the metrics; None (no
+        call at all) when neither is on.  `request` is None for a refusal before its
+        head was read; else its peer is the client a proxy named (--proxy-headers)."""
         access_log, metrics = self.access_log, self.metrics
-        if access_log is None and metrics is None:
+        log_answer = None
+        if access_log is not None:
+            write = access_log.write
+
+            def log_answer(conn, request, seconds: float) -> None:
+                peer = conn.peer if request is None else request.peer
+                write(peer, request, conn.status, conn.body_sent(), seconds)
+
+        if metrics is not None:
+            return metrics.observer(then=log_answer)
+        if log_answer is None:
             return None
         monotonic = time.monotonic
 
-        def observe(peer, request, status: int, body_bytes: int, started: float) -> None:
-            """`request` is None for a refusal before its head was read; else its peer is
-            the client a proxy named (--proxy-headers), if it did."""
-            seconds = monotonic() - started
-            if request is None:
-                if access_log is not None:
-                    access_log.write(peer, None, status, body_bytes, seconds)
-                return
-            if metrics is not None:
-                metrics.observe(request.method, status, seconds)
-            if access_log is not None:
-                access_log.write(request.peer, request, status, body_bytes, seconds)
+        def observe(conn, request) -> None:
+            log_answer(conn, request, monotonic() - conn.started)
 
         return observe
 

@@ -3,6 +3,8 @@ the Prometheus text they are written as (checked with a strict parser)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prometheus import parse
 
@@ -95,3 +97,29 @@ def test_the_parser_refuses_what_a_scraper_would():
             "# HELP h x\n# TYPE h histogram\n"
             'h_bucket{le="1"} 5\nh_bucket{le="+Inf"} 3\nh_sum 1\nh_count 3\n'
         )
+
+
+class Answered:
+    """What the observer reads of a connection whose answer has ended."""
+
+    def __init__(self, status: int, started: float) -> None:
+        self.status, self.started = status, started
+
+
+class Head:
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+def test_the_observer_counts_as_observe_does_and_then_passes_on():
+    metrics = RequestMetrics()
+    passed_on = []
+    observe = metrics.observer(then=lambda conn, request, seconds: passed_on.append(seconds))
+    started = time.monotonic()
+    observe(Answered(200, started), Head("GET"))
+    observe(Answered(503, started), Head("BREW"))
+    observe(Answered(400, started), None)  # a refusal before any head: logged, not counted
+    counts = metrics.counts()
+    assert counts["requests_by"] == {"GET 2xx": 1, "other 5xx": 1}
+    assert sum(counts["duration_buckets"].values()) == 2
+    assert len(passed_on) == 3 and all(0 <= s < 5 for s in passed_on)
