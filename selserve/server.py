@@ -435,7 +435,7 @@ class Server:
             self._took_turn = False
             return False
         board, slot, _ = self._shared
-        if not board.lighter_than(slot, len(self.connections), self.counters["accepted"]):
+        if not board.lighter_than(slot, len(self.connections)):
             return False
         self.count("accept-left-to-sibling")
         self._took_turn = True
@@ -446,11 +446,7 @@ class Server:
 
     def _publish_load(self) -> None:
         board, slot, _ = self._shared
-        board.load(
-            slot,
-            len(self.connections) if not self.stopping else NOT_ACCEPTING,
-            self.counters["accepted"],
-        )
+        board.load(slot, len(self.connections) if not self.stopping else NOT_ACCEPTING)
 
     def _reclaimable(self) -> Connection | None:
         """The longest-idle connection, if it has been idle for RECLAIM_MIN_IDLE."""
