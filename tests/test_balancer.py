@@ -164,19 +164,35 @@ def backend(request):
 
 @needs_haproxy
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_haproxy_spreads_requests_and_the_app_sees_the_real_client(
-    backend, workers, server_factory, who_app, balancers
+def test_haproxy_spreads_requests_and_the_app_and_log_see_the_real_client(
+    backend, workers, server_factory, who_app, balancers, tmp_path
 ):
-    apps = instances(server_factory, backend, who_app, "--workers", workers)
+    logs = [tmp_path / "app1.log", tmp_path / "app2.log"]
+    apps = [
+        server_factory(
+            backend, "--proxy-protocol", "--health-path", "/healthz", "--chdir", who_app,
+            "--workers", workers, "--access-log", str(log), "--access-log-format", "%(h)s %(U)s",
+            app="whoapp:app",
+        )
+        for log in logs
+    ]  # fmt: skip
     front = free_port()
     haproxy(balancers, front, apps)
     answered_by = set()
     for _ in range(20):
-        status, body, own_port = ask(front)
+        status, body, own_port = ask(front, "/counted")
         pid, host, port = body.split()
         assert status == 200 and (host, int(port)) == (CLIENT.encode(), own_port), body
         answered_by.add(pid)
     assert len(answered_by) >= 2  # round robin over both instances (and their workers)
+
+    def logged() -> list[str]:
+        lines = [line for log in logs if log.exists() for line in log.read_text().splitlines()]
+        return [line for line in lines if line.endswith(" /counted")]
+
+    # Health checks come with a LOCAL header: logged with HAProxy's own address.
+    assert poll_until(lambda: len(logged()) == 20, 5), logged()
+    assert all(line == f"{CLIENT} /counted" for line in logged()), logged()
 
 
 @needs_haproxy
