@@ -253,6 +253,11 @@ _UNSPEC = 0x00  # family and transport unspecified: no addresses, TLVs may follo
 _FIXED = struct.Struct(">BBH")  # ver-cmd, fam, len: after the signature
 _INET = struct.Struct(">4s4sHH")
 _INET6 = struct.Struct(">16s16sHH")
+# The two address blocks of TCP: (layout, address family, name in errors).
+_INET_LAYOUTS = {
+    _TCP_OVER_IPV4: (_INET, AF_INET, "INET"),
+    _TCP_OVER_IPV6: (_INET6, AF_INET6, "INET6"),
+}
 _UNIX = struct.Struct("108s108s")
 _TLV_HEAD = struct.Struct(">BH")
 
@@ -281,26 +286,18 @@ def _parse_v2(data: bytes | bytearray) -> ProxyHeader | None:
         # where they start depends on that family.
         return None if available < length else ProxyHeader(2, True, None, None, length)
 
-    if fam == _TCP_OVER_IPV4:
-        if block < _INET.size:
-            raise _short_addresses(block, "INET", _INET.size)
-        if available < length:
-            return None
-        src, dst, src_port, dst_port = _INET.unpack_from(data, V2_HEADER_LENGTH)
-        source = (inet_ntop(AF_INET, src), src_port)
-        destination = (inet_ntop(AF_INET, dst), dst_port)
-        start = V2_HEADER_LENGTH + _INET.size
-    elif fam == _TCP_OVER_IPV6:
-        if block < _INET6.size:
-            raise _short_addresses(block, "INET6", _INET6.size)
-        if available < length:
-            return None
-        src, dst, src_port, dst_port = _INET6.unpack_from(data, V2_HEADER_LENGTH)
-        source = (inet_ntop(AF_INET6, src), src_port)
-        destination = (inet_ntop(AF_INET6, dst), dst_port)
-        start = V2_HEADER_LENGTH + _INET6.size
-    else:
+    inet = _INET_LAYOUTS.get(fam)
+    if inet is None:
         return _parse_v2_other(data, fam, block, length)
+    layout, family, name = inet
+    if block < layout.size:
+        raise _short_addresses(block, name, layout.size)
+    if available < length:
+        return None
+    src, dst, src_port, dst_port = layout.unpack_from(data, V2_HEADER_LENGTH)
+    source = (inet_ntop(family, src), src_port)
+    destination = (inet_ntop(family, dst), dst_port)
+    start = V2_HEADER_LENGTH + layout.size
     if start == length:
         return ProxyHeader(2, False, source, destination, length)
     tlvs, authority = _parse_tlvs(data, start, length)
