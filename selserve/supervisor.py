@@ -9,20 +9,30 @@ the workers accepting on them.
 Accept balancing is by shared listeners, not one SO_REUSEPORT socket per worker:
 with SO_REUSEPORT every socket has a backlog of its own, and closing one (a
 worker leaving, a reload) resets the connections queued in it; a shared
-listener outlives any one worker, so workers come and go without a reset.
+listener outlives any one worker, so workers come and go without a reset.  The
+kernel wakes every worker for a client, so workers even out their open
+connections through the scoreboard (`Server._leave_to_lighter_worker`).
 
-Signals to the supervisor: SIGTERM or SIGINT stop every worker gracefully (each
-finishes what is in flight within --shutdown-timeout and answers every open
-connection's next request with `Connection: close`), then exit 0; SIGHUP starts
-a new set of workers, which import the app afresh (with the settings read
-again: the command line over its --config file), and only once all of them
-serve does it stop the old set the same gentle way (a new worker that cannot
-start aborts the reload and the old set stays); SIGTTIN and SIGTTOU add or
-remove one worker.  A worker that dies is replaced and its end logged (one that
-leaves after --max-requests, with status 0, at once); workers
-that die young are restarted after a back-off (1 s, doubling, at most 30 s).  At
-start-up, a worker that cannot import the app (exit status 2) stops the others
-and the supervisor exits 2.
+The supervisor and the workers share a `Scoreboard` (scoreboard.py): each
+worker beats into its slot once a second, and the supervisor kills a worker
+that has not beaten for --worker-timeout (its loop stopped turning) and
+replaces it; the slots also carry the counters that --stats-path and
+--metrics-path sum over the workers.
+
+Signals to the supervisor: SIGTERM or SIGINT stop every worker (SIGTERM to
+each: it drains for --drain-delay, finishes what is in flight within
+--shutdown-timeout and answers every open connection's next request with
+`Connection: close`), then exit 0; SIGHUP starts a new set of workers, which
+import the app afresh (with the settings read again: the command line over its
+--config file), and only once all of them serve does it tell the old set to
+leave (RETIRE: no drain delay, and the clients queued on the shared listeners
+are left to the new set); a new worker that cannot start aborts the reload and
+the old set stays.  --reload does the same when the app's source changes.
+SIGTTIN and SIGTTOU add or remove one worker.  A worker that dies is replaced
+and its end logged (one that leaves after --max-requests, with status 0, at
+once); workers that die young are restarted after a back-off (1 s, doubling,
+at most 30 s).  At start-up, a worker that cannot import the app (exit status
+2) stops the others and the supervisor exits 2.
 """
 
 from __future__ import annotations
