@@ -2,17 +2,19 @@
 
 A `Connection` moves bytes and nothing else.  What they mean is its
 `ServerExchange`'s business (sans I/O, `http/exchange.py`); who answers a
-request is `Dispatch`'s (`dispatch.py`).  The connection reads from its
-transport into the exchange, hands each request to dispatch, writes answers
-through its bounded `WriteBuffer`, pulls a streamed body only while the buffer
-has room, keeps the one record of what the loop watches for it, and runs one
-timer for whichever deadline applies.  It sees its server only through a
-narrow `ConnectionContext` (context.py), and a streamed body through its
-`BodyProducer` (producer.py).
+request is `Dispatch`'s (`dispatch.py`); how an answer goes out -- its head,
+its body whole, from a file or pulled from a producer, its close() -- is the
+`Responder`'s (responder.py), the connection's base class.  The connection
+reads from its transport into the exchange, hands each request to dispatch
+and each answer to its `Responder` part, acts on how far that got (watch for
+writability, wait for a worker, keep alive, linger, close), keeps the one
+record of what the loop watches for it, and runs one timer for whichever
+deadline applies.  It sees its server only through a narrow
+`ConnectionContext` (context.py).
 
 Every way a connection ends goes through `close(reason)`: unwatch, close the
-transport, cancel the timer, release the bodies, free the slot (the last in a
-`finally`: a connection that never gives its slot back would, at the cap,
+transport, cancel the timer, release the answer's body, free the slot (the last
+in a `finally`: a connection that never gives its slot back would, at the cap,
 stop the whole server).  A failing send or recv is ordinary client behaviour
 (EPIPE, ECONNRESET, ...): counted under its reason and logged at debug, never
 as a traceback.
@@ -24,7 +26,7 @@ import logging
 import socket
 
 from . import proxy_protocol
-from .app import FileBody, Response, close_body, internal_error
+from .app import Response, close_body
 from .backends import READABLE, WRITABLE
 from .buffer import WriteBuffer
 from .context import ConnectionContext
@@ -40,8 +42,8 @@ from .http.exchange import (
     SENDING,
     ServerExchange,
 )
-from .http.response import UNANNOUNCED, chunk
-from .producer import ENDED, WAITING, BodyProducer
+from .lingering import LINGER_TIMEOUT, drop_input
+from .responder import BLOCKED, BODY_WAITING, SEND_FAILED, SENT, Responder
 from .transport import Transport
 
 log = logging.getLogger("selserve")
@@ -64,14 +66,6 @@ RECLAIMED = "reclaimed"  # idle, closed to make room for a new client at the cap
 
 # Bytes asked of recv() at once.
 READ_SIZE = 64 * 1024
-# A streamed body may put this many bytes in the buffer per turn before other
-# connections get theirs (fairness against a fast client and an eager producer).
-PRODUCE_BUDGET = 1024 * 1024
-# After an answer that leaves input unread (a refusal, an answer from the head),
-# how long we keep reading and dropping it so that closing does not reset the
-# connection before our answer arrives.
-LINGER_TIMEOUT = 2.0
-LINGER_READS = 16
 
 # What the connection is doing with its transport (PREAMBLE: --proxy-protocol, the
 # balancer's PROXY header comes before any HTTP).
@@ -80,30 +74,21 @@ PROXY_REFUSED = "proxy-header-refused"  # close reasons: no valid PROXY header, 
 PROXY_TIMEOUT = "proxy-header-timeout"  # none within --header-timeout
 
 
-class Connection:
-    """One client (see the module docstring); also dispatch's `Handle` for it."""
+class Connection(Responder):
+    """One client (see the module docstring); also dispatch's `Handle` for it.  Its
+    answer in flight is the `Responder` part (responder.py)."""
 
     __slots__ = (
         "context",
         "loop",
-        "transport",
         "fd",
         "peer",
         "local",
-        "exchange",
-        "out",
         "io_state",
         "watching",
         "timer",
         "timeout_reason",
-        "producer",
-        "producer_waiting",
-        "closeable",
-        "response_mark",
-        "body_mark",
-        "streamed",
         "started",
-        "status",
         "bytes_in",
         "preamble",
     )
@@ -119,24 +104,20 @@ class Connection:
         loop = context.loop
         self.context = context
         self.loop = loop
-        self.transport = transport
         self.fd = transport.fileno()
         self.peer = peer
         self.local = local
-        self.exchange = ServerExchange(
-            context.settings, request_class=context.request_class, peer=peer, local=local
+        Responder.__init__(  # (sets exchange, out and transport)
+            self,
+            ServerExchange(
+                context.settings, request_class=context.request_class, peer=peer, local=local
+            ),
+            WriteBuffer(context.high_water, context.low_water),
+            transport,
         )
-        self.out = WriteBuffer(context.high_water, context.low_water)
         self.io_state = PREAMBLE if proxy_protocol else OPEN
         self.preamble = b""  # the PROXY header so far
-        self.producer: BodyProducer | None = None  # a streamed body, while it is pulled
-        self.producer_waiting = False  # a threaded body has nothing yet; resume() follows
-        self.closeable = None  # the response body whose close() we owe the application
-        self.response_mark = 0  # bytes_sent + pending when this response began
-        self.body_mark = 0  # ... and where its body begins (after the head)
-        self.streamed = -1  # payload bytes of a chunked body so far (-1: not chunked)
         self.started = 0.0  # loop time the request in progress arrived
-        self.status = 0  # of the response in progress, for the access log
         self.bytes_in = 0
         self.timeout_reason = HEADER_TIMEOUT  # counted from accept for a new connection
         self.timer = loop.call_later(context.header_timeout, self.on_timeout)
@@ -153,8 +134,8 @@ class Connection:
         if self.io_state is not OPEN:
             if self.io_state is PREAMBLE:
                 self._read_preamble()
-            else:
-                self._discard_input()
+            elif drop_input(self.transport, READ_SIZE):  # lingering (lingering.py)
+                self.close(DONE)
             return
         try:
             data = self.transport.recv(READ_SIZE)
@@ -175,7 +156,7 @@ class Connection:
 
     def on_writable(self) -> None:
         if self.exchange.state is SENDING:
-            self._pump()
+            self._answered(self._pump())
             if self.exchange.state is IDLE and self.io_state is OPEN:
                 self._advance()  # the answer is out: serve pipelined requests
             return
@@ -216,9 +197,13 @@ class Connection:
                 if response is None:  # a worker will answer
                     self._wait_for_app()
                     return
-                self._send_answer(response)
+                outcome = self._send_answer(response)
+                if outcome is not SENT:
+                    self._answered(outcome)  # still going out, or failed
+                    return
+                self._response_complete()
                 if exchange.state is not IDLE:
-                    return  # the answer is still going out, or the connection is closing
+                    return  # the connection is closing (or lingering)
                 if self.timeout_reason is KEEPALIVE_TIMEOUT:
                     return  # answered, and nothing of another request is here (see below)
             elif event is NEED_DATA:
@@ -244,10 +229,10 @@ class Connection:
         context = self.context
         exchange = self.exchange
         self.started = self.loop.now
-        answer = context.dispatch.answer_from_head(exchange.request)
-        if answer is not None:
+        response = context.dispatch.answer_from_head(exchange.request)
+        if response is not None:
             context.requests += 1
-            self._send_answer(answer)
+            self._answered(self._send_answer(response))
             return
         interim = exchange.read_body()
         if interim:
@@ -268,19 +253,15 @@ class Connection:
             exchange.store_error = None
         if context.debug:
             log.debug("%r: refused with %d", self, exchange.refusal_status)
-        self.status = exchange.refusal_status
         self.started = self.loop.now
-        self.response_mark = self.out.bytes_sent + self.out.size
-        self.body_mark = self.response_mark + exchange.refusal.find(b"\r\n\r\n") + 4
-        self.out.append(exchange.refusal)
-        self._pump()
+        self._answered(self._send_refusal(exchange.refusal_status, exchange.refusal))
 
     # -- answers (dispatch's Handle) -----------------------------------------------
 
     def respond(self, response: Response) -> None:
         """A worker's answer to the request being answered (in the loop's thread)."""
         if self.io_state is OPEN:
-            self._send_answer(response)
+            self._answered(self._send_answer(response))
             return
         # The client left while the app ran: let go of what the app handed over.
         body = response.body
@@ -288,159 +269,34 @@ class Connection:
             close_body(body, log)
         self.exchange.close()  # the request body is no longer the app's to read
 
-    def _send_answer(self, response: Response) -> None:
-        body = response.body
-        if type(body) is bytes or isinstance(body, (bytearray, memoryview)):
-            length = len(body)
-            closeable = None
-        elif body is None:  # no content; for HEAD, of a length only GET would tell
-            length = UNANNOUNCED if self.exchange.request.method == "HEAD" else 0
-            body = b""
-            closeable = None
-        elif isinstance(body, FileBody):
-            length = body.count
-            closeable = body
-        else:
-            length = None
-            closeable = body
-        try:
-            data = self.exchange.respond(
-                response.status,
-                response.headers,
-                length,
-                body if closeable is None and length else b"",
-                response.reason,
-            )
-        except (ValueError, TypeError) as exc:  # InvalidHeader is a ValueError
-            log.error("invalid response for %s: %s", self.exchange.request.target, exc)
-            if closeable is not None:
-                close_body(closeable, log)
-            self._send_answer(internal_error())
-            return
-        out = self.out
-        self.status = response.status
-        self.response_mark = mark = out.bytes_sent + out.size
-        # (`data` holds the body too when it is bytes and is sent at all: not for HEAD)
-        joined = length if closeable is None and length > 0 and self.exchange.body_follows else 0
-        self.body_mark = mark + len(data) - joined
-        self.streamed = -1
-        self.closeable = closeable
-        if closeable is None:  # the whole answer is in `data`
-            # Optimistic: most answers fit in the socket buffer at once, and then no
-            # buffering, no writability watch and no flush are involved.
-            try:
-                if out.write(self.transport, data):
-                    self._response_complete()
-                    return
-            except OSError as exc:
-                self.close(SEND_ERROR, exc)
-                return
-        else:
-            out.append(data)
-            if self.exchange.body_follows:
-                if length is not None:
-                    out.append_file(body.fileobj, body.offset, body.count)
-                elif not self._start_producer(body):
-                    return
-                elif self.exchange.writer.frame is chunk:
-                    self.streamed = 0  # (its framing is not body: count the payload)
-        self._pump()
-
-    def _start_producer(self, body) -> bool:
-        try:
-            self.producer = BodyProducer(iter(body), self.exchange)
-        except TypeError as exc:
-            log.error("response body of %s is not iterable: %s", self.exchange.request.target, exc)
-            self._answer_failed()
-            return False
-        return True
-
     def resume(self) -> None:
         """Carry on after a worker's news (in the loop): pull more of a threaded body,
         or, once an answer is out, serve the next pipelined request."""
         if self.io_state is not OPEN:
             return
         if self.producer_waiting:
-            self.producer_waiting = False
-            self._pump()
+            self._answered(self._resume_body())
         if self.exchange.state is IDLE and self.io_state is OPEN:
             self._advance()
 
-    def _pump(self) -> None:
-        """Fill the buffer from the producer (below low water) and flush it."""
-        out = self.out
-        produced = 0
-        while True:
-            producer = self.producer
-            if producer is not None and out.size <= out.low_water and not self.producer_waiting:
-                added = producer.fill(out)
-                if added >= 0:
-                    produced += added
-                elif added == ENDED:
-                    self._end_of_body()
-                elif added == WAITING:
-                    self.producer_waiting = True
-                else:
-                    log.error(
-                        "application error while streaming %s",
-                        self.exchange.request.target,
-                        exc_info=producer.failure,
-                    )
-                    self._answer_failed()
-                    return
-            try:
-                drained = out.flush(self.transport)
-            except (OSError, EOFError) as exc:
-                self.close(SEND_ERROR, exc)
-                return
-            if not drained:
-                self._watch(WRITABLE)
-                self._arm(self.context.write_timeout, WRITE_TIMEOUT)
-                return
-            if self.producer is None:
-                self._response_complete()
-                return
-            if self.producer_waiting:
-                self._watch(0)  # nothing to send until resume()
-                self.timer.cancel()
-                return
-            if produced >= PRODUCE_BUDGET:
-                # The socket would take more, but others deserve a turn; being
-                # writable, we are called again on the next turn.
-                self._watch(WRITABLE)
-                self._arm(self.context.write_timeout, WRITE_TIMEOUT)
-                return
-
-    def _end_of_body(self) -> None:
-        if self.streamed >= 0:
-            self.streamed = self.producer.total
-        self.producer = None
-        problem = self.exchange.writer.problem
-        if problem is not None:
-            log.error("%s: %s", self.exchange.request.target, problem)
-        self._release_body()
-
-    def _answer_failed(self) -> None:
-        """The body failed: answer 500 if none of this response left yet, else close."""
-        self.producer = None
-        self._release_body()
-        out = self.out
-        if out.bytes_sent > self.response_mark:
+    def _answered(self, outcome: str) -> None:
+        """Do the connection's part of how far the answer got (see responder.py)."""
+        if outcome is SENT:
+            self._response_complete()
+        elif outcome is BLOCKED:
+            self._watch(WRITABLE)
+            self._arm(self.context.write_timeout, WRITE_TIMEOUT)
+        elif outcome is BODY_WAITING:
+            self._watch(0)  # nothing to send until resume()
+            self.timer.cancel()
+        elif outcome is SEND_FAILED:
+            error = self.error
+            self.error = None  # (its traceback holds our frames: a cycle that keeps us)
+            self.close(SEND_ERROR, error)
+        else:
             self.close(APP_ERROR)  # the client has part of an answer: only closing ends it
-            return
-        out.truncate(self.response_mark - out.bytes_sent)
-        self.exchange.abandon()
-        self._send_answer(internal_error())
-
-    def body_sent(self) -> int:
-        """Body bytes of the answer in progress that left (CLF's %b: no head, and for a
-        complete chunked body no framing either; an answer cut short counts its framing)."""
-        sent = max(0, self.out.bytes_sent - self.body_mark)
-        return sent if self.streamed < 0 else min(sent, self.streamed)
 
     def _response_complete(self) -> None:
-        if self.closeable is not None:
-            self._release_body()
         context = self.context
         exchange = self.exchange
         if context.observe is not None:
@@ -477,8 +333,7 @@ class Connection:
             self.close(DONE)
             return
         # The client may still be sending (a refused body, pipelined requests): stop
-        # writing, read and drop its input for a while, then close, so the kernel does
-        # not answer that input with a reset that destroys our answer.
+        # writing, read and drop its input for a while, then close (lingering.py).
         try:
             self.transport.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -524,18 +379,6 @@ class Connection:
             exchange.receive(data[header.length :])
             self._advance()
 
-    def _discard_input(self) -> None:
-        for _ in range(LINGER_READS):
-            try:
-                data = self.transport.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                break
-            if not data:
-                break
-        self.close(DONE)
-
     def close(self, reason: str, exc: BaseException | None = None) -> None:
         """The one way out: unwatch, close, cancel the timer, release the bodies, free
         the slot -- the last whatever fails before it.  Idempotent."""
@@ -554,10 +397,8 @@ class Connection:
                 except OSError:
                     pass
                 self.timer.cancel()
-            if self.producer is not None and self.streamed >= 0:
-                self.streamed = self.producer.total
-            self.producer = None
-            self._release_body()
+            if self.closeable is not None:  # cut short: stop pulling the body, close it
+                self._release_body()
             request = exchange.request
             if context.observe is not None and self.status and request is not None:
                 # An answer cut short (client gone, timeout, app failure): what was sent.
@@ -571,13 +412,6 @@ class Connection:
         finally:
             self.out.clear()
             context.closed(self, reason)
-
-    def _release_body(self) -> None:
-        """Call close() on the response body, once, as PEP 3333 and FileBody require."""
-        closeable = self.closeable
-        if closeable is not None:
-            self.closeable = None
-            close_body(closeable, log)
 
     # -- helpers ------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ body ended (its framing closed: a last chunk), nothing more yet (a threaded
 body's `WAIT`: the worker resumes the connection later), or the body raised.
 
 It calls the application's iterator and nothing else: no socket, no timer, no
-close().  Flushing, watching and closing are the connection's business.
+close().  Flushing and close() are its `Responder`'s business (responder.py),
+watching and closing the connection's.
 """
 
 from __future__ import annotations
