@@ -9,7 +9,7 @@ a threaded body also calls when it has more).  It imports neither
 connection.py nor server.py: dependencies point one way.
 
 What it promises:
-- The server's own routes (`--stats-path`, later health and metrics) and the
+- The server's own routes (`--stats-path`, `--health-path`, `--metrics-path`) and the
   application's answers from the head (`on_head`: static files, refusals) are
   given in the loop and never wait behind the worker pool.
 - With a pool, every call into the application runs on a worker thread: the
