@@ -29,6 +29,8 @@ from collections.abc import Iterator
 # the JSON snapshot that follows.  The load is written on its own, outside the
 # seqlock, at every accept and close: one aligned word, read as it is.
 _HEADER = struct.Struct("=QqdqI")
+_BEAT = struct.Struct("=d")
+_BEAT_OFFSET = 16
 _LOAD = struct.Struct("=q")
 _LOAD_OFFSET = 24
 NOT_ACCEPTING = 1 << 62  # a worker that is leaving: never the one to leave a client to
@@ -52,7 +54,6 @@ class Scoreboard:
     def __init__(self, slots: int) -> None:
         self.memory = mmap.mmap(-1, (slots + 1) * SLOT_SIZE)  # MAP_SHARED: seen after fork
         self.free = list(range(slots, 0, -1))
-        self.taken: dict[int, int] = {}  # slot -> pid (the supervisor's own record)
 
     # -- the supervisor's side -------------------------------------------------
 
@@ -105,7 +106,7 @@ class Scoreboard:
             if other == slot:
                 continue
             offset = other * SLOT_SIZE
-            heartbeat = struct.unpack_from("=d", memory, offset + 16)[0]
+            (heartbeat,) = _BEAT.unpack_from(memory, offset + _BEAT_OFFSET)
             (theirs,) = _LOAD.unpack_from(memory, offset + _LOAD_OFFSET)
             if now - heartbeat > STALE or theirs == NOT_ACCEPTING:
                 continue
@@ -135,7 +136,9 @@ class Scoreboard:
         return 0, 0.0, None  # its writer died mid-write: nothing to trust
 
     def heartbeat(self, slot: int) -> float:
-        return self.read(slot)[1]
+        """When the slot's worker last beat: one aligned word, read as it is (the
+        supervisor asks every second and needs no snapshot decoded for it)."""
+        return _BEAT.unpack_from(self.memory, slot * SLOT_SIZE + _BEAT_OFFSET)[0]
 
     def snapshots(self, slots: int) -> Iterator[tuple[int, dict]]:
         """(pid, snapshot) of every worker slot up to `slots` that has published one."""
