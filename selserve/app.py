@@ -47,9 +47,13 @@ class Request(RequestHead):
     """
 
     __slots__ = ("peer", "local", "_body")
-    # "http" or "https" as a trusted proxy reported it (--proxy-headers); None: the
-    # server's own (--url-scheme).  A slot only in the class --proxy-headers uses.
+    # "http" or "https": https on a TLS listener, or as a trusted proxy reported it
+    # (--proxy-headers); None: the server's own (--url-scheme).  A slot only in the
+    # class --proxy-headers uses.
     scheme: str | None = None
+    # The verified client certificate's subject, RFC 4514 ("CN=alice,O=Example"), on a
+    # TLS connection with --client-cert; else None.
+    client_cert: str | None = None
 
     def arrived(self, body: bytes | BinaryIO = b"", peer=None, local=None) -> Request:
         """Attach what follows the head: the body and the addresses. Returns self."""

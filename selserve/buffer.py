@@ -22,6 +22,8 @@ from .transport import can_sendfile
 _GATHER_MAX = 64
 # The largest slice handed to one sendfile() call.
 _SENDFILE_MAX = 1 << 30
+# The most read from a file at once when it cannot go out with sendfile.
+_READ_BLOCK = 256 * 1024
 # errno values meaning "sendfile cannot do this pair of fds", not "the peer is gone".
 _NO_SENDFILE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
 _NOTHING = ()
@@ -152,9 +154,11 @@ class WriteBuffer:
         return sent
 
     def _send_file_by_reading(self, sock: socket.socket, piece: FileRange) -> int | None:
-        # sendfile is not possible here (e.g. the file lives on a filesystem
-        # without it): read a block and send it as ordinary bytes.
-        block = os.pread(piece.fileobj.fileno(), min(piece.count, 256 * 1024), piece.offset)
+        # sendfile is not possible here (TLS; a filesystem without it): read a block
+        # and send it as ordinary bytes -- no more than the transport takes at once (a
+        # TLS record), or each turn would read far more than it sends.
+        size = min(piece.count, getattr(sock, "write_size", _READ_BLOCK))
+        block = os.pread(piece.fileobj.fileno(), size, piece.offset)
         if not block:
             raise EOFError("file ended before its promised length")
         try:

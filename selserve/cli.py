@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import traceback
 import typing
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_ERROR
     threads = config.thread_count(getattr(app, "blocking", False))
     _announce(args.app, config, server.urls, server.backend.name, threads)
+    if server.tls is not None:  # (with workers, SIGHUP starts new ones, which read it)
+        server.loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     server.serve_forever(announce=False)
     return 0
 
@@ -277,7 +280,8 @@ def _supervise(spec: str | None, config: Config, reload_config) -> int:
         for sock, _ in listeners:
             sock.close()
         raise
-    urls = [listener_url(sock) for sock, _ in listeners]
+    tls_binds = config.tls_binds
+    urls = [listener_url(sock, address in tls_binds) for sock, address in listeners]
     _announce(spec, config, urls, backends.backend_class(config.backend).name, None)
     supervisor = Supervisor(
         config,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from .accesslog import check_format
 from .forwarded import SOURCES, TrustedPeers
+from .tls import CLIENT_CERT_MODES, build_context
+from .tls import VERSIONS as TLS_VERSIONS
 
 
 def _setting(default, help: str, *, flag: str | None = None, metavar: str | None = None):
@@ -67,8 +69,9 @@ class Config:
     binds: list[str] = field(
         default_factory=lambda: ["127.0.0.1:8000"],
         metadata={
-            "help": "address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N "
-            "(repeatable; sockets from systemd socket activation come first)",
+            "help": "address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N, "
+            "https://ADDR for a TLS listener (repeatable; sockets from systemd socket "
+            "activation come first)",
             "flag": "--bind",
             "metavar": "ADDR",
         },
@@ -202,6 +205,33 @@ class Config:
         "(X-Forwarded-For/-Proto/-Host: nginx, HAProxy forwardfor) or forwarded (RFC 7239)",
         metavar="FAMILY",
     )
+    # -- TLS
+    certfile: str = _setting(
+        "",
+        "serve HTTPS with this PEM certificate (its chain may follow it); every --bind is "
+        "TLS unless some are marked https://HOST:PORT",
+        metavar="PEM",
+    )
+    keyfile: str = _setting("", "the PEM private key of --certfile", metavar="PEM")
+    keyfile_password_file: str = _setting(
+        "", "read the password of an encrypted --keyfile from this file", metavar="FILE"
+    )
+    ca_certs: str = _setting(
+        "", "PEM file of the CAs that client certificates are verified against", metavar="PEM"
+    )
+    client_cert: str = _setting(
+        "none",
+        "ask TLS clients for a certificate: none, optional, or required (needs --ca-certs); "
+        "its subject goes to WSGI's SSL_CLIENT_S_DN and request.client_cert",
+        metavar="MODE",
+    )
+    ssl_ciphers: str = _setting(
+        "", "OpenSSL cipher string for TLS 1.2 (default: OpenSSL's)", metavar="CIPHERS"
+    )
+    min_tls: str = _setting("1.2", "oldest TLS version accepted: 1.2 or 1.3", metavar="VERSION")
+    handshake_timeout: float = _setting(
+        10.0, "close a TLS connection whose handshake takes longer than this (s)", metavar="S"
+    )
     # -- operations
     access_log: str = _setting(
         "", "append a Combined Log Format line per request to PATH ('-': stdout)", metavar="PATH"
@@ -285,6 +315,7 @@ class Config:
             raise ValueError("--server-header must not contain CR, LF or NUL")
         if not self.binds:
             raise ValueError("at least one --bind address is needed")
+        self._validate_tls()
         for mount in self.static:
             parse_static_mount(mount)
         if isinstance(self.threads, int):  # (embedders pass numbers)
@@ -297,6 +328,38 @@ class Config:
             raise ValueError(f"{where} must be a number of processes (1 or more) or auto")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ValueError("--root-path must start with / and not end with one, e.g. /app")
+
+    def _validate_tls(self) -> None:
+        """TLS settings that agree with each other, and files that make a context."""
+        marked = [b for b in self.binds if b.startswith("https://")]
+        if bool(self.certfile) != bool(self.keyfile):
+            given, missing = (
+                ("--certfile", "--keyfile") if self.certfile else ("--keyfile", "--certfile")
+            )
+            raise ValueError(f"{given} needs {missing} too (a certificate and its private key)")
+        if marked and not self.certfile:
+            raise ValueError(f"--bind {marked[0]} needs --certfile and --keyfile")
+        if self.min_tls not in TLS_VERSIONS:
+            raise ValueError(f"--min-tls must be 1.2 or 1.3, not {self.min_tls!r}")
+        if self.client_cert not in CLIENT_CERT_MODES:
+            raise ValueError("--client-cert must be none, optional or required")
+        if self.client_cert != "none" and not self.ca_certs:
+            raise ValueError(
+                f"--client-cert {self.client_cert} needs --ca-certs PEM to verify them"
+            )
+        if self.handshake_timeout < 0:
+            raise ValueError("--handshake-timeout must be 0 or more")
+        if self.certfile:
+            build_context(self)  # (its TLSSettingsError, a ValueError, names the problem)
+
+    @property
+    def tls_binds(self) -> list[str]:
+        """The --bind addresses that serve TLS: those marked https://, else with
+        --certfile every one of them."""
+        if not self.certfile:
+            return []
+        marked = [b for b in self.binds if b.startswith("https://")]
+        return marked or list(self.binds)
 
     def _validate_paths(self) -> None:
         """The server's own paths: real paths, and no two the same."""

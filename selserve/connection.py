@@ -369,15 +369,19 @@ class Connection(Responder):
             return
         self.preamble = b""
         self.io_state = OPEN
+        self._take_proxy_header(header)
+        if len(data) > header.length:  # the request began in the same packet
+            self.context.idle.pop(self, None)
+            self.exchange.receive(data[header.length :])
+            self._advance()
+
+    def _take_proxy_header(self, header: proxy_protocol.ProxyHeader) -> None:
+        """The client and the address it reached, as the balancer's PROXY header says."""
         exchange = self.exchange
         if not header.local:  # (a balancer's own health check keeps the socket's addresses)
             self.peer = exchange.peer = header.source
             if header.destination is not None:
                 self.local = exchange.local = header.destination
-        if len(data) > header.length:  # the request began in the same packet
-            self.context.idle.pop(self, None)
-            exchange.receive(data[header.length :])
-            self._advance()
 
     def close(self, reason: str, exc: BaseException | None = None) -> None:
         """The one way out: unwatch, close, cancel the timer, release the bodies, free

@@ -48,6 +48,8 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import RequestMetrics, exposition
 from .notices import ThrottledWarning
 from .scoreboard import NOT_ACCEPTING, Scoreboard
+from .tls import ServerTLS
+from .tls_connection import TLSConnection
 from .transport import prepare_socket
 from .workers import WorkerPool
 
@@ -120,7 +122,16 @@ def parse_bind(address: str) -> tuple[int, object]:
     return socket.AF_INET, (host or "0.0.0.0", port)
 
 
+def without_scheme(address: str) -> str:
+    """A --bind address without its https:// (TLS) or http:// mark."""
+    for scheme in ("https://", "http://"):
+        if address.startswith(scheme):
+            return address[len(scheme) :]
+    return address
+
+
 def create_listener(address: str, backlog: int) -> socket.socket:
+    address = without_scheme(address)
     if address.startswith("fd://"):  # a socket opened for us (systemd, a shell's <>)
         fd = address[5:]
         if not fd.isdigit():
@@ -147,12 +158,13 @@ def create_listener(address: str, backlog: int) -> socket.socket:
     return sock
 
 
-def listener_url(sock: socket.socket) -> str:
-    """Where a listening socket can be reached: http://HOST:PORT or unix:PATH."""
+def listener_url(sock: socket.socket, tls: bool = False) -> str:
+    """Where a listening socket can be reached: http(s)://HOST:PORT or unix:PATH."""
     if sock.family == socket.AF_UNIX:
-        return f"unix:{sock.getsockname()}"
+        return f"{'https+' if tls else ''}unix:{sock.getsockname()}"
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _remove_stale_unix_socket(path: str) -> None:
@@ -197,16 +209,24 @@ def refuse_new_clients(sock: socket.socket) -> None:
 class Listener:
     """A listening socket as a loop handler: readable means 'connections are waiting'."""
 
-    __slots__ = ("server", "sock", "fd", "address", "unix_path", "local", "owned")
+    __slots__ = ("server", "sock", "fd", "address", "unix_path", "local", "owned", "tls")
 
-    def __init__(self, server: Server, sock: socket.socket, address: str, owned: bool = True):
+    def __init__(
+        self,
+        server: Server,
+        sock: socket.socket,
+        address: str,
+        owned: bool = True,
+        tls: ServerTLS | None = None,
+    ):
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
         self.address = address
+        self.tls = tls  # the server's TLS context holder on an HTTPS listener, else None
         # A listener handed down (by a supervisor, by systemd) is shared: closing our
         # copy must not remove its Unix socket's path (others still listen there).
-        self.owned = owned and not address.startswith("fd://")
+        self.owned = owned and not without_scheme(address).startswith("fd://")
         self.unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
         # What applications see as the server's address (port 0 resolved).
         self.local = self.unix_path if self.unix_path is not None else sock.getsockname()[:2]
@@ -222,7 +242,7 @@ class Listener:
 
     @property
     def url(self) -> str:
-        return listener_url(self.sock)
+        return listener_url(self.sock, self.tls is not None)
 
     def close(self) -> None:
         self.sock.close()
@@ -260,6 +280,8 @@ class Server:
             open_spill_file=self.open_spill_file,
         )
         self.context = self._connection_context()
+        # The certificate context of the HTTPS listeners (--certfile), or None.
+        self.tls = ServerTLS(config, self.context.request_class) if config.certfile else None
         # Connections with no request in progress, oldest-idle first: the ones closed
         # to make room at the cap (shared with the connections, which keep it current).
         self.idle = self.context.idle
@@ -340,7 +362,7 @@ class Server:
         try:
             for address in self.config.binds:
                 sock = create_listener(address, self.config.backlog)
-                self.listeners.append(Listener(self, sock, address))
+                self.listeners.append(Listener(self, sock, address, tls=self._tls_of(address)))
         except BindError:
             for listener in self.listeners:
                 listener.close()
@@ -351,7 +373,16 @@ class Server:
         """Serve on a listening socket opened elsewhere (a supervisor's, shared with
         other workers): closing our copy leaves the socket to the others."""
         sock.setblocking(False)
-        self.listeners.append(Listener(self, sock, address, owned=False))
+        self.listeners.append(Listener(self, sock, address, owned=False, tls=self._tls_of(address)))
+
+    def _tls_of(self, address: str) -> ServerTLS | None:
+        return self.tls if address in self.config.tls_binds else None
+
+    def reload_tls(self) -> None:
+        """Read the certificate and key again for new connections (SIGHUP); a reload that
+        fails keeps the old ones."""
+        if self.tls is not None:
+            self.tls.reload()
 
     @property
     def urls(self) -> list[str]:
@@ -423,7 +454,7 @@ class Server:
                 # Like nginx's reusable connections: the longest-idle connection
                 # with no request in progress makes room for the new client.
                 victim.close(RECLAIMED)
-            self.accepted(sock, peer, listener.local)
+            self.accepted(sock, peer, listener.local, listener.tls)
 
     def _leave_to_lighter_worker(self) -> bool:
         """Workers sharing a listener are all woken for a client and the first to run
@@ -468,15 +499,20 @@ class Server:
         self._reclaim_timer = None
         self._resume_accepting()
 
-    def accepted(self, sock: socket.socket, peer, local=None) -> None:
+    def accepted(self, sock: socket.socket, peer, local=None, tls: ServerTLS | None = None) -> None:
         self.counters["accepted"] += 1
         if not self.backend.can_watch(sock.fileno()):
             self._refuse_unwatchable(sock)
             return
         try:
-            conn = Connection(
-                self.context, prepare_socket(sock), peer, local, self.config.proxy_protocol
-            )
+            if tls is None:
+                conn = Connection(
+                    self.context, prepare_socket(sock), peer, local, self.config.proxy_protocol
+                )
+            else:
+                conn = TLSConnection(
+                    self.context, prepare_socket(sock), peer, local, self.config.proxy_protocol, tls
+                )
         except Exception as exc:
             # A client gone already (EINVAL from setsockopt) or a bug: either way
             # this one socket is closed and accepting goes on.
@@ -832,7 +868,7 @@ class Server:
                         if exc.errno in _ACCEPT_SKIP:
                             continue
                         break  # out of descriptors, say: what is left is lost either way
-                    self.accepted(sock, peer, listener.local)
+                    self.accepted(sock, peer, listener.local, listener.tls)
             listener.close()
         self.listeners.clear()
 

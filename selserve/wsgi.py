@@ -273,8 +273,10 @@ class WSGIAdapter:
                 request.host, local
             )
 
-        if request.scheme is not None:  # (a trusted proxy's word: --proxy-headers)
+        if request.scheme is not None:  # (TLS, or a trusted proxy's word: --proxy-headers)
             _set_scheme(environ, request.scheme)
+            if request.client_cert is not None:
+                environ["SSL_CLIENT_S_DN"] = request.client_cert
         peer = request.peer
         if type(peer) is tuple:
             environ["REMOTE_ADDR"] = peer[0]

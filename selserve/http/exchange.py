@@ -256,6 +256,11 @@ class ServerExchange:
     def __repr__(self) -> str:
         return f"<ServerExchange {self.state}>"
 
+    def use_request_class(self, request_class: type[Request]) -> None:
+        """Parse the heads from now on as `request_class` (a TLS connection's, once its
+        handshake tells whether it is https and whose client certificate it has)."""
+        self.parser._request_class = self._request_class = request_class
+
     # -- bytes in ---------------------------------------------------------------
 
     def receive_eof(self) -> None:
