@@ -350,7 +350,10 @@ class Config:
         if self.handshake_timeout < 0:
             raise ValueError("--handshake-timeout must be 0 or more")
         if self.certfile:
-            build_context(self)  # (its TLSSettingsError, a ValueError, names the problem)
+            # Built once here (its TLSSettingsError, a ValueError, names the problem) and
+            # kept: workers forked from the supervisor share it, and with it its session
+            # ticket keys, so a client resumes its session on whichever worker it reaches.
+            self._tls_context = build_context(self)
 
     @property
     def tls_binds(self) -> list[str]:

@@ -135,7 +135,7 @@ class ServerTLS:
 
     def __init__(self, config, request_class: type) -> None:
         self.config = config
-        self.context = build_context(config)
+        self.context = getattr(config, "_tls_context", None) or build_context(config)
         self.handshake_timeout = config.handshake_timeout or config.header_timeout
         self.request_class = tls_request_class(request_class)  # requests on TLS connections
 
