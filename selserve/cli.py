@@ -21,7 +21,8 @@ from . import __version__, backends
 from .activation import activated_binds
 from .config import Config, flag_of, settings, settings_from_file
 from .dispatch import as_native
-from .server import BindError, Server, create_listener, listener_url, raise_open_file_limit
+from .listeners import BindError, create_listener, listener_url, raise_open_file_limit
+from .server import Server
 
 USAGE_ERROR = 2
 

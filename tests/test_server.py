@@ -13,7 +13,7 @@ import pytest
 
 from selserve import Response, Server, backends
 from selserve.app import native
-from selserve.server import refuse_new_clients
+from selserve.listeners import refuse_new_clients
 
 pytestmark = pytest.mark.timeout(30)
 
