@@ -32,7 +32,7 @@ from .accesslog import AccessLog, clf_time
 from .app import Request, Response
 from .backends import READABLE
 from .config import Config
-from .connection import INTERNAL_ERROR, RECLAIMED, SHUTDOWN, Connection
+from .connection import INTERNAL_ERROR, RECLAIMED, RECV_ERROR, SHUTDOWN, Connection
 from .context import ConnectionContext
 from .dispatch import Dispatch, as_native
 from .forwarded import TrustedPeers, forwarded_request_class
@@ -359,10 +359,16 @@ class Server:
                 conn = TLSConnection(
                     self.context, prepare_socket(sock), peer, local, self.config.proxy_protocol, tls
                 )
-        except Exception as exc:
-            # A client gone already (EINVAL from setsockopt) or a bug: either way
-            # this one socket is closed and accepting goes on.
+        except OSError as exc:
+            # The client is gone already: EINVAL from setsockopt, or a reset before the
+            # TLS handshake could begin (ssl refuses to wrap such a socket).  Ordinary.
             log.debug("could not set up the connection from %r: %s", peer, exc)
+            self.count(RECV_ERROR)
+            sock.close()
+            return
+        except Exception as exc:
+            # A bug: this one socket is closed and accepting goes on.
+            log.exception("could not set up the connection from %r: %s", peer, exc)
             self.count(INTERNAL_ERROR)
             sock.close()
             return
