@@ -16,6 +16,7 @@ import threading
 
 import pytest
 from helpers import ROOT, ServerProcess, free_port, get_request, poll_until
+from tls_certs import make_certs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +34,7 @@ from selserve.app import Response, native
 @native
 def app(request):
     host, port = request.peer if isinstance(request.peer, tuple) else (request.peer, 0)
-    return Response(200, [], f"{os.getpid()} {host} {port}".encode())
+    return Response(200, [], f"{os.getpid()} {host} {port} {request.scheme or 'http'}".encode())
 """
 
 WHO_WSGI = """
@@ -121,9 +122,11 @@ def ask(
     return status, body, own_port
 
 
-def haproxy(balancers, front: int, apps: list[ServerProcess]) -> Balancer:
+def haproxy(
+    balancers, front: int, apps: list[ServerProcess], config: str = "haproxy.cfg", **more: str
+) -> Balancer:
     env = {"FRONT_PORT": str(front), "APP1_PORT": str(apps[0].port), "APP2_PORT": str(apps[1].port)}
-    balancer = Balancer([HAPROXY, "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env)
+    balancer = Balancer([HAPROXY, "-db", "-f", str(ROOT / "deploy" / config)], {**env, **more})
     balancers.append(balancer)
     # Both instances are in rotation once both have answered through it.
     pids = set()
@@ -181,7 +184,7 @@ def test_haproxy_spreads_requests_and_the_app_and_log_see_the_real_client(
     answered_by = set()
     for _ in range(20):
         status, body, own_port = ask(front, "/counted")
-        pid, host, port = body.split()
+        pid, host, port, _ = body.split()
         assert status == 200 and (host, int(port)) == (CLIENT.encode(), own_port), body
         answered_by.add(pid)
     assert len(answered_by) >= 2  # round robin over both instances (and their workers)
@@ -193,6 +196,28 @@ def test_haproxy_spreads_requests_and_the_app_and_log_see_the_real_client(
     # Health checks come with a LOCAL header: logged with HAProxy's own address.
     assert poll_until(lambda: len(logged()) == 20, 5), logged()
     assert all(line == f"{CLIENT} /counted" for line in logged()), logged()
+
+
+@needs_haproxy
+def test_haproxy_speaks_tls_to_the_instances_after_the_proxy_header(
+    backend, server_factory, who_app, balancers, tmp_path
+):
+    """deploy/haproxy-tls.cfg: HAProxy verifies each instance's certificate and sends
+    the PROXY v2 header before the TLS handshake; the app sees the real client, over
+    https, and the health checks (TLS too) keep both instances in rotation."""
+    certs = make_certs(tmp_path / "certs")
+    tls = ("--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key))
+    apps = instances(server_factory, backend, who_app, *tls)
+    front = free_port()
+    haproxy(balancers, front, apps, "haproxy-tls.cfg", APP_CA=str(certs.ca_cert))
+    answered_by = set()
+    for _ in range(10):
+        status, body, own_port = ask(front)
+        pid, host, port, scheme = body.split()
+        assert status == 200 and (host, int(port)) == (CLIENT.encode(), own_port), body
+        assert scheme == b"https", body
+        answered_by.add(pid)
+    assert len(answered_by) == 2
 
 
 @needs_haproxy
@@ -322,5 +347,5 @@ def test_behind_nginx_with_proxy_protocol_the_app_sees_the_client(
     nginx(balancers, tmp_path, "nginx-proxy-protocol.conf", front, apps)
     for _ in range(4):
         status, body, own_port = ask(front)
-        _, host, port = body.split()
+        _, host, port, _ = body.split()
         assert status == 200 and (host, int(port)) == (CLIENT.encode(), own_port), body

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import ROOT
+from tls_certs import make_certs
 
 from selserve.config import Config
 
@@ -261,28 +262,33 @@ def haproxy_check_path(name: str) -> str:
     return match.group(1)
 
 
+HAPROXY_CONFIGS = ["haproxy.cfg", "haproxy-headers.cfg", "haproxy-tls.cfg"]
+
+
 @needs_haproxy
-@pytest.mark.parametrize("name", ["haproxy.cfg", "haproxy-headers.cfg"])
-def test_haproxy_accepts_config(name):
-    env = {**os.environ, **PORTS}
+@pytest.mark.parametrize("name", HAPROXY_CONFIGS)
+def test_haproxy_accepts_config(name, tmp_path):
+    # (haproxy-tls.cfg names the CA that signed the instances' certificates)
+    env = {**os.environ, **PORTS, "APP_CA": str(make_certs(tmp_path).ca_cert)}
     result = run([HAPROXY, "-c", "-f", str(DEPLOY / name)], env=env)
     assert result.returncode == 0, shown(result)
 
 
-@pytest.mark.parametrize("name", ["haproxy.cfg", "haproxy-headers.cfg"])
+@pytest.mark.parametrize("name", HAPROXY_CONFIGS)
 def test_haproxy_config_takes_its_ports_from_the_environment(name):
     text = (DEPLOY / name).read_text()
     missing = [variable for variable in PORTS if f"${{{variable}}}" not in text]
     assert not missing, f"{name} does not use {missing}"
 
 
-@pytest.mark.parametrize("name", ["haproxy.cfg", "haproxy-headers.cfg"])
+@pytest.mark.parametrize("name", HAPROXY_CONFIGS)
 def test_haproxy_checks_the_containers_health_path(name):
     assert haproxy_check_path(name) == options(container_argv())["--health-path"]
 
 
-def test_haproxy_sends_proxy_protocol_v2_to_every_checked_server():
-    text = (DEPLOY / "haproxy.cfg").read_text()
+@pytest.mark.parametrize("name", ["haproxy.cfg", "haproxy-tls.cfg"])
+def test_haproxy_sends_proxy_protocol_v2_to_every_checked_server(name):
+    text = (DEPLOY / name).read_text()
     servers = re.findall(r"^\s*server\s.*$", text, re.M)
     assert len(servers) == 2, servers
     bare = [line for line in servers if not {"send-proxy-v2", "check"} <= set(line.split())]
