@@ -102,8 +102,7 @@ class TLSConnection(Connection):
             self.on_writable()
             return
         Connection.on_readable(self)
-        if transport.read_wants_write and self.io_state is OPEN:
-            self._watch(self.watching | WRITABLE)  # the read is retried when writable
+        self._follow_crossed_waits()
 
     def on_writable(self) -> None:
         if self.io_state is HANDSHAKE:
@@ -122,8 +121,17 @@ class TLSConnection(Connection):
                 self._watch(READABLE)
                 return
         Connection.on_writable(self)
-        if transport.write_wants_read and self.io_state is OPEN:
-            self._watch(READABLE)  # the write is retried when the client's bytes come
+        self._follow_crossed_waits()
+
+    def _follow_crossed_waits(self) -> None:
+        """After a read or a write that OpenSSL made wait the other way round."""
+        transport = self.transport
+        if self.io_state is not OPEN:
+            return
+        if transport.write_wants_read:  # retried when the client's bytes come (watching
+            self._watch(READABLE)  # for writability would spin: the socket has room)
+        elif transport.read_wants_write:  # retried when the socket has room
+            self._watch(self.watching | WRITABLE)
 
     # -- the handshake ------------------------------------------------------------
 
