@@ -183,6 +183,7 @@ def build_app(spec: str | None, config: Config):
     """The native application the server runs, from the APP argument and the settings."""
 
     def static_files(root: str, listing: bool):
+        from .file_cache import OpenFileCache
         from .static import StaticFiles
 
         try:
@@ -192,6 +193,11 @@ def build_app(spec: str | None, config: Config):
                 dotfiles=config.dotfiles,
                 follow_symlinks=config.follow_symlinks,
                 precompressed=config.precompressed,
+                open_file_cache=(
+                    OpenFileCache(config.open_file_cache, config.open_file_cache_valid)
+                    if config.open_file_cache
+                    else None
+                ),
             )
         except ValueError as exc:
             raise UsageError(f"{exc} (--root and --static need an existing directory)") from None

@@ -125,6 +125,18 @@ class Config:
     precompressed: bool = _setting(
         False, "serve FILE.br / FILE.gz beside FILE to clients that accept them"
     )
+    open_file_cache: int = _setting(
+        1000,
+        "keep up to N static files open between requests, as nginx's open_file_cache "
+        "(0: open and check every file on every request; not with --precompressed)",
+        metavar="N",
+    )
+    open_file_cache_valid: float = _setting(
+        1.0,
+        "open and check a kept file again after this long: the most a replaced or "
+        "deleted file can still be served (s)",
+        metavar="S",
+    )
     static: list[str] = field(
         default_factory=list,
         metadata={
@@ -288,6 +300,8 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_dash(name)} must be greater than 0")
         for name in (
+            "open_file_cache",
+            "open_file_cache_valid",
             "shutdown_timeout",
             "max_connections",
             "max_body_size",

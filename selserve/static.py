@@ -36,7 +36,8 @@ Nor, unless `dotfiles` is set, anything hidden: a path with a segment that decod
 a name starting with "." (`/.env`, `/.git/config`, `/%2egit/`) is 404 and such names
 are left out of listings; only `/.well-known/` right under the root (RFC 8615) is
 served and listed.  Each request costs one `open` and one `fstat` on the opened
-descriptor (plus one `readlink` of the descriptor to check where it really is).
+descriptor (plus one `readlink` of the descriptor to check where it really is), unless
+an `OpenFileCache` (file_cache.py, --open-file-cache) still holds the file: then none.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from functools import lru_cache
 from urllib.parse import quote, unquote_to_bytes
 
 from .app import FileBody, Request, Response
+from .file_cache import CachedFile, OpenFileCache
 from .http.abnf import TOKEN
 
 try:
@@ -142,6 +144,7 @@ class StaticFiles:
         dotfiles: bool = False,
         follow_symlinks: bool = False,
         precompressed: bool = False,
+        open_file_cache: OpenFileCache | None = None,
     ) -> None:
         real = os.path.realpath(os.fsencode(root))
         if not os.path.isdir(real):
@@ -153,6 +156,9 @@ class StaticFiles:
         self.dotfiles = dotfiles
         self.follow_symlinks = follow_symlinks
         self.precompressed = precompressed
+        # Files kept open between requests (not with precompressed variants, whose
+        # choice depends on each request's Accept-Encoding).
+        self.cache = None if precompressed else open_file_cache
         # Real paths under the root start with this (the root itself aside).
         self._inside = real if real.endswith(b"/") else real + b"/"
 
@@ -183,6 +189,13 @@ class StaticFiles:
         if not self.dotfiles and _hidden(segments):
             return _not_found()
         fs_path = b"/".join((self.root.rstrip(b"/"), *segments)) if segments else self.root
+        cache = self.cache
+        if cache is not None:
+            entry = cache.lookup(fs_path)
+            if entry is not None:  # a regular file, checked less than `valid` ago
+                if trailing_slash:
+                    return _not_found()
+                return self._cached_file(request, entry, fs_path)
         try:
             fd = os.open(fs_path, _OPEN_FLAGS)
         except OSError as exc:
@@ -197,7 +210,9 @@ class StaticFiles:
                 return self._directory(request, fd, fs_path, bool(segments))
             if not stat.S_ISREG(st.st_mode) or trailing_slash:
                 return _not_found()
-            owned, fd = fd, -1  # _file closes it on every path from here
+            owned, fd = fd, -1  # _file (or the cache) closes it on every path from here
+            if cache is not None:
+                return self._cached_file(request, cache.store(fs_path, owned, st), fs_path)
             return self._file(request, owned, st, fs_path)
         finally:
             if fd >= 0:
@@ -229,6 +244,15 @@ class StaticFiles:
         file = _OpenFile(fd)
         try:
             return self._file_response(request, file, st, fs_path, coding)
+        except BaseException:
+            file.close()
+            raise
+
+    def _cached_file(self, request: Request, entry: CachedFile, fs_path: bytes) -> Response:
+        """Answer from a file the cache holds open (lent to this response)."""
+        file = entry.borrow()
+        try:
+            return self._file_response(request, file, entry.st, fs_path, None)
         except BaseException:
             file.close()
             raise

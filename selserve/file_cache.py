@@ -1,0 +1,137 @@
+"""Open static files kept between requests: nginx's open_file_cache, for StaticFiles.
+
+Serving a small file costs more in finding it than in sending it: `open`, `fstat`
+and the `readlink` of the descriptor that proves where it really is (static.py's
+confinement check) for a `sendfile` of a few KiB.  An `OpenFileCache` keeps, by
+file-system path, the descriptor of a regular file that passed those checks with
+its stat result, and hands it out again for `valid` seconds; after that the next
+request for the path opens and checks it afresh.  So:
+
+- **Nothing escapes the root.**  A kept descriptor is the inode that was checked;
+  a symlink or a file swapped in later under the same name is only opened, and
+  checked, once the entry has expired.
+- **Nothing is served stale past `valid` seconds** (a file replaced by rename or
+  deleted; a file rewritten in place is read as it is now, but its size and
+  validators are those seen when it was opened, as with nginx).
+- **Descriptors are bounded:** at most `size` entries; the oldest goes first.  An
+  entry evicted while a response still sends from its descriptor is closed when the
+  last such response ends (`CachedFile.borrow()` counts them).
+
+An entry is checked for expiry only when its path is asked for again, so a file
+nobody asks for stays open until the cache turns over (as with nginx).  Used from
+the event loop's thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+class CachedFile:
+    """One open regular file: `fd`, the `st` it had when opened and checked, and
+    `checked`, when (monotonic)."""
+
+    __slots__ = ("fd", "st", "checked", "users", "evicted")
+
+    def __init__(self, fd: int, st: os.stat_result, checked: float) -> None:
+        self.fd = fd
+        self.st = st
+        self.checked = checked
+        self.users = 0  # responses sending from fd now
+        self.evicted = False
+
+    def borrow(self) -> BorrowedFile:
+        """The file object for one response (a FileBody's `fileobj`): closing it gives
+        the descriptor back instead of closing it."""
+        self.users += 1
+        return BorrowedFile(self)
+
+    def give_back(self) -> None:
+        self.users -= 1
+        if self.evicted and self.users == 0:
+            self._close()
+
+    def evict(self) -> None:
+        self.evicted = True
+        if self.users == 0:
+            self._close()
+
+    def _close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class BorrowedFile:
+    """A cached descriptor lent to one response: `fileno()`, and `close()` (once)."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self, entry: CachedFile) -> None:
+        self._entry = entry
+
+    def fileno(self) -> int:
+        entry = self._entry
+        if entry is None:
+            raise ValueError("I/O operation on closed file")
+        return entry.fd
+
+    @property
+    def closed(self) -> bool:
+        return self._entry is None
+
+    def close(self) -> None:
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            entry.give_back()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class OpenFileCache:
+    """At most `size` open files by path, each valid for `valid` seconds."""
+
+    __slots__ = ("size", "valid", "_entries", "_clock")
+
+    def __init__(self, size: int, valid: float, clock=time.monotonic) -> None:
+        if size < 1:
+            raise ValueError("an open-file cache holds at least one file")
+        self.size = size
+        self.valid = valid
+        self._entries: dict[bytes, CachedFile] = {}  # oldest first
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, path: bytes) -> CachedFile | None:
+        """The entry for `path` if it is still valid; an expired one is dropped (the
+        caller opens and checks the path again, and stores what it finds)."""
+        entry = self._entries.get(path)
+        if entry is None:
+            return None
+        if self._clock() - entry.checked <= self.valid:
+            return entry
+        del self._entries[path]
+        entry.evict()
+        return None
+
+    def store(self, path: bytes, fd: int, st: os.stat_result) -> CachedFile:
+        """Keep `fd` (a regular file just opened and checked, now ours) for `path`."""
+        entries = self._entries
+        old = entries.pop(path, None)
+        if old is not None:
+            old.evict()
+        while len(entries) >= self.size:
+            oldest = next(iter(entries))
+            entries.pop(oldest).evict()
+        entry = entries[path] = CachedFile(fd, st, self._clock())
+        return entry
+
+    def clear(self) -> None:
+        """Let every entry go (closed now, or when its last response ends)."""
+        entries, self._entries = self._entries, {}
+        for entry in entries.values():
+            entry.evict()
