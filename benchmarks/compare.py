@@ -15,7 +15,21 @@ p50/p99 latency (`wrk --latency`), server CPU µs per request (utime + stime fro
 selserve backend while a helper process (`idle_clients.py`) holds K idle keep-alive
 connections, K = 0, 1,000, 10,000, and draws `docs/benchmarks.png`.
 
-A full run rewrites its section of `docs/benchmarks.md` and the chart; a partial one
+TLS workloads (`tls-*`) ask the same hello over HTTPS of selserve (every backend, its
+`--certfile`/`--keyfile`), uvicorn (`--ssl-certfile`/`--ssl-keyfile`) and nginx (one
+worker, `listen ... ssl`, `return 200` with the same greeting), all with one EC P-256
+certificate (CN=localhost, SAN IP:127.0.0.1) that the `openssl` CLI makes once per run in
+the scratch folder: `tls-hello-c50` keeps 50 connections alive; `tls-handshake` sends
+`Connection: close`, so every request is a new connection and a new handshake -- which
+wrk's OpenSSL client resumes with the session ticket of the connection before it (TLS 1.3
+PSK with a fresh ECDHE, no certificate or signature); `tls-handshake-full` is the same
+with every server started under an OpenSSL configuration (`OPENSSL_CONF`, `NumTickets =
+0`) that issues no ticket, so every handshake is a full one. After the measured run of
+each `Connection: close` workload, wrk runs for one more second through a loopback relay
+that reads each server's first flight (ServerHello) in the clear and counts the
+handshakes it resumed. The TLS tables go to their own section, `## TLS`.
+
+A full run rewrites its sections of `docs/benchmarks.md` and the chart; a partial one
 (`--quick`, `--only`, `--servers`) only prints, unless `--output` is given.
 
 Every address is loopback. Every process this script starts is stopped by its PID (SIGTERM,
@@ -24,11 +38,14 @@ Ctrl-C alike; every wait is bounded.
 
     .venv/bin/python benchmarks/compare.py                 # everything, ~15 minutes
     .venv/bin/python benchmarks/compare.py --quick --only hello-c50 --servers selserve,uvicorn
+    .venv/bin/python benchmarks/compare.py --only tls-hello-c50,tls-handshake \
+        --servers selserve-epoll,uvicorn,nginx --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import http.client
@@ -44,10 +61,13 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +88,7 @@ CLIENT_CPU = "1"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 TASKSET = shutil.which("taskset")
 NGINX = "/usr/sbin/nginx"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -83,6 +104,10 @@ FD_MARGIN = 32  # fds a select server holds besides its connections, with room t
 STREAM_PATH = "/stream?n=64&size=1024"
 STREAM_BYTES = 64 * 1024
 SECTION = "compare.py"
+TLS_SECTION = "compare.py tls"
+GREETING = "Hello from selserve!\n"  # what every hello answers (21 bytes)
+TLS_KIND = "tls-hello"
+PROBE_SECONDS = 1  # the resumption probe's wrk run, after the measured one
 
 
 # --------------------------------------------------------------------------- processes
@@ -159,11 +184,12 @@ class Managed:
         stdout=subprocess.DEVNULL,
         log_dir: Path,
         source: Path = ROOT,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.argv = pinned(cpu, argv) if cpu is not None else argv
         self.log_path = log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log"
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         # `source` is the tree selserve is imported from (another revision's, for --baseline).
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
@@ -271,10 +297,11 @@ class ServerSpec:
     is_selserve: bool = False
     backend: str | None = None  # for selserve
     source: Path = ROOT  # the tree selserve is imported from
+    tls_note: str = ""  # how it serves the TLS workloads (kind "tls-hello")
 
     def target(self, kind: str, static_file: str | None) -> Target:
-        if kind == "hello":
-            return Target("/", 21)
+        if kind in ("hello", TLS_KIND):
+            return Target("/", len(GREETING))
         if kind == "stream":
             return Target(STREAM_PATH, STREAM_BYTES)
         return Target(f"/{static_file}", STATIC_FILES[static_file])
@@ -290,15 +317,21 @@ def selserve_spec(backend: str) -> ServerSpec:
         common += ["--keepalive-timeout", "300"]
         if kind == "static":
             return [sys.executable, "-m", "selserve", "--root", str(files), *common]
+        if kind == TLS_KIND:
+            cert, key = tls_files(scratch)
+            common += ["--certfile", str(cert), "--keyfile", str(key)]
         return [sys.executable, "-m", "selserve", "selserve.demo:app", *common]
 
     return ServerSpec(
         f"selserve-{backend}",
-        ("hello", "stream", "static"),
+        ("hello", "stream", "static", TLS_KIND),
         argv,
         is_selserve=True,
         backend=backend,
         note=f"selserve, {backend} backend: `selserve.demo:app`, static: `--root DIR`",
+        tls_note=f"selserve, {backend} backend: `selserve.demo:app --certfile cert.pem "
+        "--keyfile key.pem` (its defaults: TLS 1.2 at least, ALPN http/1.1, session "
+        "tickets on)",
     )
 
 
@@ -363,8 +396,14 @@ def uvicorn_argv(kind: str, port: int, files: Path, scratch: Path) -> list[str]:
         "--log-level=warning",
         f"--host={HOST}",
         f"--port={port}",
+        *(tls_arguments("--ssl-certfile", "--ssl-keyfile", scratch) if kind == TLS_KIND else []),
         "hello_asgi:app",
     ]
+
+
+def tls_arguments(cert_flag: str, key_flag: str, scratch: Path) -> list[str]:
+    cert, key = tls_files(scratch)
+    return [f"{cert_flag}={cert}", f"{key_flag}={key}"]
 
 
 def uvicorn_available() -> bool:
@@ -391,6 +430,26 @@ def nginx_argv(kind: str, port: int, files: Path, scratch: Path) -> list[str]:
     prefix = scratch / f"nginx-{port}"
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
+    if kind == TLS_KIND:
+        cert, key = tls_files(scratch)
+        nginx_greeting = GREETING.replace("\n", "\\n")  # (nginx reads \n in quotes)
+        # TLS 1.3 as the others (nginx < 1.23.4 offers TLS 1.2 at most unless told);
+        # ssl_session_cache and ssl_session_tickets as nginx's defaults have them, spelled
+        # out: no server-side session cache, stateless tickets on (as selserve's and
+        # uvicorn's OpenSSL contexts have them).
+        server = f"""listen {HOST}:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache none;
+        ssl_session_tickets on;
+        location = / {{
+            default_type "text/plain; charset=utf-8";
+            return 200 "{nginx_greeting}";
+        }}"""
+    else:
+        server = f"""listen {HOST}:{port};
+        root {files};"""
     temp_paths = "\n".join(
         f"    {what}_temp_path {prefix}/tmp/{what};"
         for what in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -413,8 +472,7 @@ http {{
     default_type application/octet-stream;
 {temp_paths}
     server {{
-        listen {HOST}:{port};
-        root {files};
+        {server}
     }}
 }}
 """
@@ -484,21 +542,233 @@ def all_servers() -> list[ServerSpec]:
         ),
         ServerSpec(
             "uvicorn",
-            ("hello", "stream"),
+            ("hello", "stream", TLS_KIND),
             uvicorn_argv,
             uvicorn_available,
             note="uvicorn --loop uvloop --http httptools, 1 worker, no access log, "
             "the native ASGI `hello_asgi.py`",
+            tls_note="uvicorn --loop uvloop --http httptools, 1 worker, no access log, "
+            "`--ssl-certfile cert.pem --ssl-keyfile key.pem`, `hello_asgi.py` (uvloop's TLS: "
+            "Python's `ssl.SSLObject` over memory BIOs)",
         ),
         ServerSpec(
             "nginx",
-            ("static",),
+            ("static", TLS_KIND),
             nginx_argv,
             lambda: os.access(NGINX, os.X_OK),
             note="nginx, 1 worker, sendfile on, tcp_nopush on, access_log off",
+            tls_note="nginx, 1 worker, access_log off, `listen ... ssl`, `ssl_certificate` "
+            "the same pair, `ssl_protocols TLSv1.2 TLSv1.3` (nginx 1.22 offers TLS 1.2 at "
+            "most unless told; 1.23.4 and later default to this), `ssl_session_cache none` "
+            "and `ssl_session_tickets on` (both its defaults: no server-side cache, "
+            "stateless tickets), `location = / { return "
+            '200 "Hello from selserve!\\n"; }`',
         ),
     ]
     return specs
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def tls_files(scratch: Path) -> tuple[Path, Path]:
+    """The run's certificate and key (made by `make_tls_files`)."""
+    return scratch / "tls" / "cert.pem", scratch / "tls" / "key.pem"
+
+
+def no_tickets_conf(scratch: Path) -> Path:
+    """An OpenSSL configuration whose every server context issues no session ticket."""
+    return scratch / "tls" / "no-tickets.cnf"
+
+
+def make_tls_files(scratch: Path) -> None:
+    """A self-signed EC P-256 certificate for CN=localhost, IP:127.0.0.1 (two days), its
+    key, and the no-tickets OpenSSL configuration, with the `openssl` CLI."""
+    cert, key = tls_files(scratch)
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    cert.parent.chmod(0o755)
+    argv = [OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    argv += ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2"]
+    argv += ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    done = subprocess.run(argv, capture_output=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl req failed: {done.stderr.decode(errors='replace')}")
+    cert.chmod(0o644)
+    # `NumTickets` (OpenSSL 3.0+) is read by every SSL_CTX that OpenSSL's library makes in
+    # a process started with OPENSSL_CONF pointing here: Python's (selserve, uvicorn) and
+    # nginx's alike. No TLS 1.3 ticket: no resumption, a full handshake every time.
+    no_tickets_conf(scratch).write_text(
+        "openssl_conf = openssl_init\n\n[openssl_init]\nssl_conf = ssl_sect\n\n"
+        "[ssl_sect]\nsystem_default = system_default_sect\n\n"
+        "[system_default_sect]\nNumTickets = 0\n"
+    )
+
+
+def tls_client_context(scratch: Path) -> ssl.SSLContext:
+    """A client context that trusts the run's certificate, and checks the name in it."""
+    return ssl.create_default_context(cafile=str(tls_files(scratch)[0]))
+
+
+# Names of the TLS 1.3 cipher suites and of the key-exchange groups a ServerHello names.
+_CIPHERS = {0x1301: "TLS_AES_128_GCM_SHA256", 0x1302: "TLS_AES_256_GCM_SHA384"}
+_CIPHERS[0x1303] = "TLS_CHACHA20_POLY1305_SHA256"
+_CIPHERS[0xC02B] = "ECDHE-ECDSA-AES128-GCM-SHA256"  # TLS 1.2's, for an ECDSA certificate
+_CIPHERS[0xC02C] = "ECDHE-ECDSA-AES256-GCM-SHA384"
+_CIPHERS[0xCCA9] = "ECDHE-ECDSA-CHACHA20-POLY1305"
+_GROUPS = {0x17: "P-256", 0x18: "P-384", 0x19: "P-521", 0x1D: "X25519", 0x1E: "X448"}
+_HELLO_RETRY = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
+
+
+def _server_hello(msg: bytes) -> tuple[str, str, str, bool] | None:
+    """(version, cipher suite, group, PSK accepted) from a ServerHello's body; None for a
+    HelloRetryRequest."""
+    if msg[2:34] == _HELLO_RETRY:
+        return None
+    pos = 34
+    pos += 1 + msg[pos]  # session id
+    suite = int.from_bytes(msg[pos : pos + 2], "big")
+    pos += 3  # suite, compression
+    version, group, psk = "TLS 1.2", "", False
+    end = pos + 2 + int.from_bytes(msg[pos : pos + 2], "big") if pos + 2 <= len(msg) else pos
+    pos += 2
+    while pos + 4 <= end:
+        ext = int.from_bytes(msg[pos : pos + 2], "big")
+        size = int.from_bytes(msg[pos + 2 : pos + 4], "big")
+        body = msg[pos + 4 : pos + 4 + size]
+        if ext == 43 and body == b"\x03\x04":  # supported_versions
+            version = "TLS 1.3"
+        elif ext == 51 and len(body) >= 2:  # key_share
+            code = int.from_bytes(body[:2], "big")
+            group = _GROUPS.get(code, f"group 0x{code:04x}")
+        elif ext == 41:  # pre_shared_key: the server took the client's ticket
+            psk = True
+        pos += 4 + size
+    return version, _CIPHERS.get(suite, f"suite 0x{suite:04x}"), group, psk
+
+
+def server_flight(data: bytes) -> tuple[str, str, str, bool] | None:
+    """(version, cipher suite, group, resumed) from the first bytes a TLS server sent on a
+    connection, or None while they do not tell yet. TLS 1.3: resumed when the ServerHello
+    accepts a pre-shared key. TLS 1.2: resumed when ChangeCipherSpec comes with no
+    Certificate before it."""
+    handshake = bytearray()
+    hello = None
+    pos = 0
+    while pos + 5 <= len(data):
+        kind, size = data[pos], int.from_bytes(data[pos + 3 : pos + 5], "big")
+        if pos + 5 + size > len(data):
+            break
+        record = data[pos + 5 : pos + 5 + size]
+        pos += 5 + size
+        if kind != 22:  # ChangeCipherSpec, alert or application data: the flight ended
+            if hello is not None:
+                return (*hello[:3], True)
+            return ("alert", "", "", False) if kind == 21 else None
+        handshake += record
+        at = 0
+        while at + 4 <= len(handshake):
+            msg_type, msg_size = handshake[at], int.from_bytes(handshake[at + 1 : at + 4], "big")
+            if at + 4 + msg_size > len(handshake):
+                break
+            msg = bytes(handshake[at + 4 : at + 4 + msg_size])
+            at += 4 + msg_size
+            if msg_type == 2:
+                hello = _server_hello(msg)
+                if hello is not None and hello[0] == "TLS 1.3":
+                    return hello
+            elif msg_type in (11, 12, 14) and hello is not None:  # Certificate: a full one
+                return (*hello[:3], False)
+    return None
+
+
+class HandshakeProbe:
+    """A loopback TCP relay to a TLS server, in a thread of its own, that reads what the
+    server sends first on each connection in the clear and counts full and resumed
+    handshakes (`server_flight`). Bytes pass unchanged both ways."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.counts: Counter = Counter()
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HandshakeProbe:
+        self._thread.start()
+        if not self._ready.wait(10) or not self.port:
+            raise RuntimeError("the handshake probe did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            server = self._loop.run_until_complete(
+                asyncio.start_server(self._relay, HOST, 0, backlog=1024)
+            )
+            self.port = server.sockets[0].getsockname()[1]
+        finally:
+            self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.close()
+
+    async def _relay(self, reader, writer) -> None:
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(HOST, self.target_port), 5
+            )
+        except (TimeoutError, OSError):
+            self.counts["relay could not connect"] += 1
+            writer.close()
+            return
+        await asyncio.gather(
+            self._pump(reader, up_writer, False), self._pump(up_reader, writer, True)
+        )
+
+    async def _pump(self, reader, writer, from_server: bool) -> None:
+        flight = bytearray() if from_server else None
+        try:
+            while data := await reader.read(65536):
+                if flight is not None:
+                    flight += data
+                    verdict = server_flight(bytes(flight))
+                    if verdict is not None or len(flight) > 65536:
+                        self.counts[verdict or ("unreadable", "", "", False)] += 1
+                        flight = None
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def summary(self) -> tuple[int, int, str]:
+        """(handshakes seen, of which resumed, what was negotiated)."""
+        seen = resumed = 0
+        kinds = Counter()
+        for key, n in self.counts.items():
+            if isinstance(key, str):
+                kinds[key] += n
+                continue
+            version, suite, group, was_resumed = key
+            if version in ("alert", "unreadable"):
+                kinds[version] += n
+                continue
+            seen += n
+            resumed += n if was_resumed else 0
+            kinds[", ".join(filter(None, (version, suite, group)))] += n
+        return seen, resumed, "; ".join(f"{k} ×{n:,}" for k, n in kinds.most_common())
 
 
 # --------------------------------------------------------------------------- workloads
@@ -512,6 +782,11 @@ class Workload:
     title: str
     close: bool = False
     static_file: str | None = None
+    tickets: bool = True  # TLS: False starts the servers under an OpenSSL conf issuing none
+
+    @property
+    def tls(self) -> bool:
+        return self.kind == TLS_KIND
 
 
 WORKLOADS = [
@@ -532,9 +807,28 @@ WORKLOADS = [
     ),
     Workload("static-4k", "static", 50, "static 4 KiB file, 50 connections", static_file="4k.bin"),
     Workload("static-1m", "static", 50, "static 1 MiB file, 50 connections", static_file="1m.bin"),
+    Workload("tls-hello-c50", TLS_KIND, 50, "hello over HTTPS, keep-alive, 50 connections"),
+    Workload(
+        "tls-handshake",
+        TLS_KIND,
+        50,
+        "hello over HTTPS, `Connection: close`: a TLS handshake per request (resumed "
+        "with a session ticket, see above), 50 connections",
+        close=True,
+    ),
+    Workload(
+        "tls-handshake-full",
+        TLS_KIND,
+        50,
+        "hello over HTTPS, `Connection: close`, servers issuing no session ticket: a full "
+        "handshake per request (ECDHE + ECDSA P-256 signature), 50 connections",
+        close=True,
+        tickets=False,
+    ),
 ]
 IDLE_SCALING = "idle-scaling"
 WORKLOAD_NAMES = [w.name for w in WORKLOADS] + [IDLE_SCALING]
+TLS_WORKLOAD_NAMES = {w.name for w in WORKLOADS if w.tls}
 
 
 @dataclass
@@ -555,6 +849,11 @@ class Result:
     failure: str = ""
     notes: list[str] = field(default_factory=list)
     round: int = 0
+    # TLS, `Connection: close`: what the resumption probe saw (see HandshakeProbe)
+    handshakes: int = 0
+    resumed: int = 0
+    tls_params: str = ""
+    socket_errors: str = ""  # wrk's "Socket errors" line, when it printed one
 
 
 # --------------------------------------------------------------------------- wrk
@@ -607,9 +906,15 @@ def parse_wrk(text: str, result: Result) -> None:
         result.errors += int(m[1])
 
 
-def check_answer(port: int, target: Target, close: bool) -> None:
-    """One request with the stdlib client: 200 and a body of the expected length."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+def check_answer(
+    port: int, target: Target, close: bool, tls_context: ssl.SSLContext | None = None
+) -> None:
+    """One request with the stdlib client: 200 and a body of the expected length (over
+    TLS with `tls_context`: its certificate verified, for 127.0.0.1)."""
+    if tls_context is not None:
+        conn = http.client.HTTPSConnection(HOST, port, timeout=10, context=tls_context)
+    else:
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
         conn.request("GET", target.path, headers={"Connection": "close"} if close else {})
         response = conn.getresponse()
@@ -636,7 +941,9 @@ class Settings:
 
 
 @contextlib.contextmanager
-def running(spec: ServerSpec, kind: str, settings: Settings) -> Iterator[tuple[Managed, int]]:
+def running(
+    spec: ServerSpec, kind: str, settings: Settings, env: dict[str, str] | None = None
+) -> Iterator[tuple[Managed, int]]:
     port = free_port()
     argv = spec.argv(kind, port, settings.files, settings.scratch)
     server = Managed(
@@ -645,6 +952,7 @@ def running(spec: ServerSpec, kind: str, settings: Settings) -> Iterator[tuple[M
         cpu=SERVER_CPU,
         log_dir=settings.log_dir,
         source=spec.source,
+        env=env,
     )
     try:
         wait_accepting(server, port)
@@ -684,13 +992,17 @@ def measure(
 ) -> Result:
     result = Result(workload.name, spec.name, idle=idle)
     target = spec.target(workload.kind, workload.static_file)
-    with running(spec, workload.kind, settings) as (server, port):
-        check_answer(port, target, workload.close)
+    env = None
+    if workload.tls and not workload.tickets:
+        env = {"OPENSSL_CONF": str(no_tickets_conf(settings.scratch))}
+    with running(spec, workload.kind, settings, env) as (server, port):
+        tls_context = tls_client_context(settings.scratch) if workload.tls else None
+        check_answer(port, target, workload.close, tls_context)
         with idle_connections(port, idle, settings) as held:
             result.idle_held = held["open"]
             if held["failed"]:
                 result.notes.append(f"{held['failed']} of {idle} idle connections failed")
-            url = f"http://{HOST}:{port}{target.path}"
+            url = f"{'https' if workload.tls else 'http'}://{HOST}:{port}{target.path}"
             if settings.warmup > 0:
                 run_wrk(
                     wrk_argv(url, connections, settings.warmup, workload.close),
@@ -718,9 +1030,40 @@ def measure(
             result.peak_rss_kib = status_kib(tree, "VmHWM")
             if result.requests:
                 result.cpu_us = cpu_used / result.requests * 1e6
+            if workload.tls:
+                tls_checks(result, text, server, port, workload, settings, connections, target)
             if not server.alive():
                 result.failure = f"server exited during the run:\n{server.log_tail()}"
     return result
+
+
+def tls_checks(
+    result: Result,
+    text: str,
+    server: Managed,
+    port: int,
+    workload: Workload,
+    settings: Settings,
+    connections: int,
+    target: Target,
+) -> None:
+    """After a measured TLS run: wrk's socket errors and the server's log lines as notes,
+    and, for `Connection: close`, a short wrk run through a HandshakeProbe that counts the
+    handshakes resumed."""
+    m = re.search(r"Socket errors: .*", text)
+    if m:
+        result.socket_errors = m[0]
+        result.notes.append(f"wrk: {m[0]}")
+    log = [line for line in server.log_tail(10_000).splitlines() if line.strip()]
+    if log:
+        result.notes.append(f"{len(log)} line(s) in the server's stderr, the last: {log[-1][:200]}")
+    if not workload.close:
+        return
+    with HandshakeProbe(port) as probe:
+        url = f"https://{HOST}:{probe.port}{target.path}"
+        run_wrk(wrk_argv(url, connections, PROBE_SECONDS, True), PROBE_SECONDS, settings.log_dir)
+        time.sleep(0.2)  # the relay's last connections
+    result.handshakes, result.resumed, result.tls_params = probe.summary()
 
 
 def run_safely(fn: Callable[[], Result], workload: str, server: str) -> Result:
@@ -911,7 +1254,7 @@ def report(
     out.append("")
     for workload in WORKLOADS:
         rows = [r for r in results if r.workload == workload.name]
-        if rows:
+        if rows and not workload.tls:  # (those are tls_report's)
             out += [f"### {workload.title}", "", *workload_table(rows, default), ""]
     idle_rows = [r for r in results if r.workload == IDLE_SCALING]
     if idle_rows:
@@ -930,13 +1273,134 @@ def report(
         if chart is not None:
             out += [f"![requests/s against idle connections]({chart.name})", ""]
         out += [*idle_table(idle_rows), ""]
+    out += run_notes([r for r in results if r.workload not in TLS_WORKLOAD_NAMES])
+    return "\n".join(out)
+
+
+def run_notes(results: list[Result]) -> list[str]:
     notes = [(r, n) for r in results for n in r.notes]
     failures = [r for r in results if r.failure]
-    if notes or failures:
-        out += ["Notes from this run:", ""]
-        out += [f"- {r.workload}, {r.server}: {n}" for r, n in notes]
-        out += [f"- {r.workload}, {r.server}: {r.failure.splitlines()[0][:300]}" for r in failures]
-        out.append("")
+    if not (notes or failures):
+        return []
+    out = ["Notes from this run:", ""]
+    out += [f"- {r.workload}, {r.server}: {n}" for r, n in notes]
+    out += [f"- {r.workload}, {r.server}: {r.failure.splitlines()[0][:300]}" for r in failures]
+    out.append("")
+    return out
+
+
+def openssl_versions() -> str:
+    """Which OpenSSL each party runs: Python's (selserve, uvicorn), nginx's, wrk's."""
+    parts = [f"Python's `ssl` (selserve, uvicorn/uvloop): {ssl.OPENSSL_VERSION}"]
+    if os.access(NGINX, os.X_OK):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            err = subprocess.run([NGINX, "-V"], capture_output=True, timeout=10).stderr.decode()
+            m = re.search(
+                r"built with (OpenSSL [^ ]+)[^(\n]*(?:\(running with (OpenSSL [^ ]+))?", err
+            )
+            if m:
+                parts.append(f"nginx: built with {m[1]}, running with {m[2] or m[1]}")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        lib = subprocess.run(["ldd", WRK], capture_output=True, timeout=10).stdout.decode()
+        m = re.search(r"(libssl\.so[.\d]*) => (\S+)", lib)
+        out = subprocess.run([OPENSSL, "version"], capture_output=True, timeout=10).stdout.decode()
+        if m:
+            parts.append(f"wrk: {m[2]} (the system's {' '.join(out.split()[:2])})")
+    return "; ".join(parts)
+
+
+def handshake_table(results: list[Result]) -> list[str]:
+    rows = [r for r in results if r.handshakes or (r.tls_params and not r.failure)]
+    if not rows:
+        return []
+    lines = [
+        "| workload | server | handshakes the probe saw | resumed | negotiated |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        share = f" ({100 * r.resumed / r.handshakes:.1f}%)" if r.handshakes else ""
+        lines.append(
+            f"| {r.workload} | {r.server} | {r.handshakes:,} | {r.resumed:,}{share} "
+            f"| {r.tls_params.replace('|', '/')} |"
+        )
+    return lines
+
+
+def tls_report(
+    results: list[Result],
+    specs: list[ServerSpec],
+    settings: Settings,
+    command: str,
+    started: datetime.datetime,
+    loads: tuple[str, str],
+    revisions: str,
+) -> str:
+    info = machine()
+    default = f"selserve-{backends.best()}"
+    rounds_text = (
+        f", {settings.rounds} rounds in turn, and each server's best round is shown"
+        if settings.rounds > 1
+        else ""
+    )
+    out = [
+        "## TLS",
+        "",
+        f"Produced by `{command}` on {started:%Y-%m-%d %H:%M} UTC from selserve "
+        f"{revisions_text(revisions, info['revision'])}, on a machine with "
+        f"{info['nproc']} cores ({info['cpu']}), Linux {info['kernel']}; {info['versions']}. "
+        f"OpenSSL: {openssl_versions()}. "
+        f"Load average {loads[0]} before the run and {loads[1]} after it.",
+        "",
+        "The same hello as above over HTTPS, and the same method: every server in a fresh "
+        f"process pinned to CPU {SERVER_CPU}, `wrk -t1 --latency` pinned to CPU {CLIENT_CPU} "
+        f"for {settings.duration:g} s after a {settings.warmup:g} s warm-up, the servers "
+        f"taking turns back to back{rounds_text}; the columns mean what they mean there, "
+        f"and ratios compare with {default}. Every server is given one certificate, made "
+        "for the run by `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256` "
+        "(self-signed, CN=localhost, SAN IP:127.0.0.1), and its answer is checked first "
+        "with Python's `http.client` over TLS, the certificate verified.",
+        "",
+        "What a `Connection: close` run measures: wrk keeps each connection's TLS session "
+        "when it reconnects (its `ssl_close` is `SSL_shutdown` + `SSL_clear`, which keeps "
+        "the session) and offers the session ticket the server sent on the last "
+        "connection. So in *tls-handshake* each of wrk's connections makes one full "
+        "handshake and every reconnect after it is a TLS 1.3 resumption (PSK with a fresh "
+        "ECDHE: no certificate, no signature): it measures resumed handshakes, for every "
+        "server alike, since all three issue tickets by default. *tls-handshake-full* "
+        "starts every server with `OPENSSL_CONF` pointing to a configuration that sets "
+        "`NumTickets = 0`, which OpenSSL applies to every server context, Python's and "
+        "nginx's alike: no ticket, so every request is a full handshake (ECDHE and an "
+        "ECDSA P-256 signature). After each measured `Connection: close` run, wrk runs "
+        f"{PROBE_SECONDS} s more through a loopback relay that reads every ServerHello "
+        "in the clear and counts the resumed ones (a pre-shared key accepted): the last "
+        "table.",
+        "",
+        "Reading the tables: under `Connection: close` wrk does the client's half of every "
+        "handshake on its one core, and at *wrk CPU* near 100% it, not the server, sets "
+        "requests/s: *server CPU µs/request* is the comparison then. wrk starts a "
+        "request's latency clock when it writes the request, after its handshake, so "
+        "there p50/p99 leave the handshake out: a server that runs other connections' "
+        "handshakes before answering a request that has arrived shows a higher p50 for the "
+        "same time per connection; that time, handshake included, is on average "
+        "connections ÷ requests/s (Little's law). In the keep-alive run each of wrk's "
+        "connections makes one full handshake, at its start.",
+        "",
+        "Servers:",
+        "",
+    ]
+    used = {r.server for r in results}
+    for spec in specs:
+        if spec.name in used:
+            out.append(f"- **{spec.name}**: {spec.tls_note or spec.note}")
+    out.append("")
+    for workload in WORKLOADS:
+        rows = [r for r in results if r.workload == workload.name]
+        if rows and workload.tls:
+            out += [f"### {workload.title}", "", *workload_table(rows, default), ""]
+    probe = handshake_table(results)
+    if probe:
+        out += ["### The handshakes wrk made (resumption probe)", "", *probe, ""]
+    out += run_notes(results)
     return "\n".join(out)
 
 
@@ -1149,6 +1613,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
             raise
     workloads = [w for w in WORKLOADS if not args.only or w.name in args.only]
+    if any(w.tls for w in workloads) and not os.access(OPENSSL, os.X_OK):
+        if args.only:
+            shutil.rmtree(work, ignore_errors=True)
+            raise SystemExit("the TLS workloads need the openssl CLI (Debian: openssl)")
+        print("openssl is not installed: no TLS workloads", file=sys.stderr)
+        workloads = [w for w in workloads if not w.tls]
     do_idle = not args.only or IDLE_SCALING in args.only
     command = "python benchmarks/compare.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
 
@@ -1163,6 +1633,8 @@ def main(argv: list[str] | None = None) -> int:
     files = work / "files"
     files.mkdir()
     make_static_files(files)
+    if any(w.tls for w in workloads):
+        make_tls_files(work)
     settings = Settings(args.duration, args.warmup, files, work, work / "logs", args.rounds)
     settings.log_dir.mkdir()
     try:
@@ -1171,7 +1643,7 @@ def main(argv: list[str] | None = None) -> int:
                 for spec in chosen:
                     if workload.kind not in spec.kinds:
                         continue
-                    print(f"{workload.name:12} {spec.name:16} ", end="", flush=True)
+                    print(f"{workload.name:18} {spec.name:16} ", end="", flush=True)
                     result = run_safely(
                         lambda spec=spec, workload=workload: measure(
                             spec, workload, settings, workload.connections
@@ -1189,7 +1661,7 @@ def main(argv: list[str] | None = None) -> int:
                     if not spec.is_selserve or spec.backend is None:
                         continue
                     for k in idle_counts_for(spec.backend):
-                        print(f"{IDLE_SCALING:12} {spec.name:16} K={k:<6,} ", end="", flush=True)
+                        print(f"{IDLE_SCALING:18} {spec.name:16} K={k:<6,} ", end="", flush=True)
                         result = run_safely(
                             lambda spec=spec, k=k: measure(
                                 spec, idle_workload, settings, IDLE_CLIENTS, idle=k
@@ -1219,13 +1691,32 @@ def main(argv: list[str] | None = None) -> int:
     chart = None
     if idle_rows and chart_path is not None and draw_chart(idle_rows, chart_path):
         chart = chart_path
-    text = report(
-        results, chosen, settings, command, started, (loads[0], loads[1]), chart, first_revision
-    )
-    print()
-    print(text)
+    tls_results = [r for r in results if r.workload in TLS_WORKLOAD_NAMES]
+    plain_results = [r for r in results if r.workload not in TLS_WORKLOAD_NAMES]
+    texts = []  # (section, text): the TLS rows have a section of their own
+    if plain_results or not tls_results:
+        text = report(
+            plain_results,
+            chosen,
+            settings,
+            command,
+            started,
+            (loads[0], loads[1]),
+            chart,
+            first_revision,
+        )
+        texts.append((SECTION, text))
+    if tls_results:
+        text = tls_report(
+            tls_results, chosen, settings, command, started, (loads[0], loads[1]), first_revision
+        )
+        texts.append((TLS_SECTION, text))
+    for _, text in texts:
+        print()
+        print(text)
     if output is not None:
-        write_section(output, SECTION, text)
+        for section, text in texts:
+            write_section(output, section, text)
         print(f"\nwrote {output}" + (f" and {chart}" if chart else ""), file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in all_results], indent=1))
