@@ -16,6 +16,10 @@ request for the path opens and checks it afresh.  So:
 - **Descriptors are bounded:** at most `size` entries; the oldest goes first.  An
   entry evicted while a response still sends from its descriptor is closed when the
   last such response ends (`CachedFile.borrow()` counts them).
+- **Small files are kept whole** (up to SMALL_FILE bytes each, DATA_BUDGET in all),
+  read once when stored: such an answer is then one `send` with its head, no file
+  I/O at all, as for any bytes answer.  What the user of the cache derives from a
+  file's stat (static.py: its validators and headers) is kept as `memo`.
 
 An entry is checked for expiry only when its path is asked for again, so a file
 nobody asks for stays open until the cache turns over (as with nginx).  Used from
@@ -27,19 +31,27 @@ from __future__ import annotations
 import os
 import time
 
+# Files this small are read into memory when stored (a whole 4 KiB page costs a
+# second syscall and a file range in the write buffer to send otherwise) ...
+SMALL_FILE = 16 * 1024
+# ... up to this many bytes of them in one cache.
+DATA_BUDGET = 4 * 1024 * 1024
+
 
 class CachedFile:
     """One open regular file: `fd`, the `st` it had when opened and checked, and
     `checked`, when (monotonic)."""
 
-    __slots__ = ("fd", "st", "checked", "users", "evicted")
+    __slots__ = ("fd", "st", "checked", "users", "evicted", "data", "memo")
 
-    def __init__(self, fd: int, st: os.stat_result, checked: float) -> None:
+    def __init__(self, fd: int, st: os.stat_result, checked: float, data: bytes | None) -> None:
         self.fd = fd
         self.st = st
         self.checked = checked
         self.users = 0  # responses sending from fd now
         self.evicted = False
+        self.data = data  # the whole content of a small file, else None
+        self.memo = None  # what the cache's user derived from st, kept with it
 
     def borrow(self) -> BorrowedFile:
         """The file object for one response (a FileBody's `fileobj`): closing it gives
@@ -93,13 +105,14 @@ class BorrowedFile:
 class OpenFileCache:
     """At most `size` open files by path, each valid for `valid` seconds."""
 
-    __slots__ = ("size", "valid", "_entries", "_clock")
+    __slots__ = ("size", "valid", "data_bytes", "_entries", "_clock")
 
     def __init__(self, size: int, valid: float, clock=time.monotonic) -> None:
         if size < 1:
             raise ValueError("an open-file cache holds at least one file")
         self.size = size
         self.valid = valid
+        self.data_bytes = 0  # of small files kept whole
         self._entries: dict[bytes, CachedFile] = {}  # oldest first
         self._clock = clock
 
@@ -115,7 +128,7 @@ class OpenFileCache:
         if self._clock() - entry.checked <= self.valid:
             return entry
         del self._entries[path]
-        entry.evict()
+        self._evict(entry)
         return None
 
     def store(self, path: bytes, fd: int, st: os.stat_result) -> CachedFile:
@@ -123,15 +136,28 @@ class OpenFileCache:
         entries = self._entries
         old = entries.pop(path, None)
         if old is not None:
-            old.evict()
+            self._evict(old)
         while len(entries) >= self.size:
-            oldest = next(iter(entries))
-            entries.pop(oldest).evict()
-        entry = entries[path] = CachedFile(fd, st, self._clock())
+            self._evict(entries.pop(next(iter(entries))))
+        data = None
+        size = st.st_size
+        if size <= SMALL_FILE and self.data_bytes + size <= DATA_BUDGET:
+            data = os.pread(fd, size, 0)
+            if len(data) == size:
+                self.data_bytes += size
+            else:  # (changing as we read: served from the descriptor instead)
+                data = None
+        entry = entries[path] = CachedFile(fd, st, self._clock(), data)
         return entry
+
+    def _evict(self, entry: CachedFile) -> None:
+        if entry.data is not None:
+            self.data_bytes -= len(entry.data)
+            entry.data = None
+        entry.evict()
 
     def clear(self) -> None:
         """Let every entry go (closed now, or when its last response ends)."""
         entries, self._entries = self._entries, {}
         for entry in entries.values():
-            entry.evict()
+            self._evict(entry)

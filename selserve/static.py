@@ -1,7 +1,8 @@
 """Static files: the default application of `selserve`, and a mountable one.
 
 `StaticFiles(root)` answers GET and HEAD for the files under `root`: file content goes
-out as a `FileBody` (sendfile, never read into memory), with `Content-Type`,
+out as a `FileBody` (sendfile, never read into memory; a small file the open-file
+cache keeps whole goes out from memory, with its head in one send), with `Content-Type`,
 `Content-Length`, `Last-Modified`, an `ETag` and `Accept-Ranges: bytes`; conditional
 requests (RFC 9110 §13) give 304 or 412; `Range: bytes=` (§14) gives 206, or 416 when
 nothing asked for exists.  Several ranges are answered with one `multipart/byteranges`
@@ -249,10 +250,17 @@ class StaticFiles:
             raise
 
     def _cached_file(self, request: Request, entry: CachedFile, fs_path: bytes) -> Response:
-        """Answer from a file the cache holds open (lent to this response)."""
+        """Answer from a file the cache holds open (lent to this response), or holds whole
+        (a small one, asked for without conditions or ranges: the common case)."""
+        memo = entry.memo
+        if memo is None:
+            memo = entry.memo = self._validators(entry.st, fs_path, None)
+        data = entry.data
+        if data is not None and not _conditional(request):
+            return Response(200, list(memo.headers), data)
         file = entry.borrow()
         try:
-            return self._file_response(request, file, entry.st, fs_path, None)
+            return self._file_response(request, file, entry.st, fs_path, None, memo)
         except BaseException:
             file.close()
             raise
@@ -279,55 +287,63 @@ class StaticFiles:
                     os.close(fd)
         return None
 
-    def _file_response(self, request, file, st: os.stat_result, fs_path: bytes, coding):
-        """Every answer for an open regular file; `file` is closed unless it is handed on."""
-        now = time.time()
+    def _file_response(self, request, file, st: os.stat_result, fs_path: bytes, coding, memo=None):
+        """Every answer for an open regular file; `file` is closed unless it is handed on.
+        `memo`: the file's `_Validators`, when the open-file cache kept them."""
+        if memo is None:
+            memo = self._validators(st, fs_path, coding)
         size = st.st_size
-        modified = min(int(st.st_mtime), int(now))
-        strong = now - st.st_mtime >= STRONG_AFTER
-        etag = _etag(st, coding, strong)
-        headers = [("ETag", etag)]
-        if self.precompressed:
-            headers.append(("Vary", "Accept-Encoding"))
-
+        etag, modified = memo.etag, memo.modified
         status = _preconditions(request, etag, modified)
         if status == 304:
             # Content-Length is that of the 200 we would have sent (RFC 9110 §8.6).
             file.close()
-            return Response(304, [*headers, ("Content-Length", str(size))])
+            return Response(304, [*memo.tags, ("Content-Length", str(size))])
         if status == 412:
             file.close()
-            return _plain(412, b"precondition failed\n", *headers)
-
-        content_type = _content_type(os.path.basename(fs_path))
-        headers += [
-            ("Last-Modified", _imf_fixdate(modified)),
-            ("Accept-Ranges", "bytes"),
-            _NOSNIFF,
-        ]
-        if coding is not None:
-            headers.append(("Content-Encoding", coding))
+            return _plain(412, b"precondition failed\n", *memo.tags)
 
         ranges = None
         # Range is defined for GET only (§14.2); If-Range can turn it off (§13.1.5).
         range_value = request.header("range") if request.method == "GET" else None
-        if range_value is not None and size > 0 and _if_range(request, etag, modified, strong):
+        if range_value is not None and size > 0 and _if_range(request, etag, modified, memo.strong):
             ranges = _parse_ranges(range_value, size)
         if ranges is None or len(ranges) > MAX_RANGE_PARTS:
-            headers.append(("Content-Type", content_type))
-            return Response(200, headers, FileBody(file, 0, size))
+            return Response(200, list(memo.headers), FileBody(file, 0, size))
         if not ranges:
             file.close()
             return _plain(416, b"range not satisfiable\n", ("Content-Range", f"bytes */{size}"))
         if len(ranges) == 1:
             first, last = ranges[0]
-            headers.append(("Content-Type", content_type))
-            headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+            headers = [*memo.headers, ("Content-Range", f"bytes {first}-{last}/{size}")]
             return Response(206, headers, FileBody(file, first, last - first + 1))
-        body = ByteRanges(file, ranges, size, content_type)
-        headers.append(("Content-Type", f"multipart/byteranges; boundary={body.boundary}"))
-        headers.append(("Content-Length", str(body.length)))
+        body = ByteRanges(file, ranges, size, memo.content_type)
+        headers = [
+            *memo.base,
+            ("Content-Type", f"multipart/byteranges; boundary={body.boundary}"),
+            ("Content-Length", str(body.length)),
+        ]
         return Response(206, headers, body)
+
+    def _validators(self, st: os.stat_result, fs_path: bytes, coding) -> _Validators:
+        now = time.time()
+        etag = _etag(st, coding, now - st.st_mtime >= STRONG_AFTER)
+        tags = [("ETag", etag)]
+        if self.precompressed:
+            tags.append(("Vary", "Accept-Encoding"))
+        modified = min(int(st.st_mtime), int(now))
+        base = [
+            *tags,
+            ("Last-Modified", _imf_fixdate(modified)),
+            ("Accept-Ranges", "bytes"),
+            _NOSNIFF,
+        ]
+        if coding is not None:
+            base.append(("Content-Encoding", coding))
+        return _Validators(
+            etag, modified, now - st.st_mtime >= STRONG_AFTER, tags, base,
+            _content_type(os.path.basename(fs_path)),
+        )  # fmt: skip
 
     # -- directories --------------------------------------------------------------
 
@@ -430,6 +446,32 @@ td.size {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </body>
 </html>
 """
+
+
+class _Validators:
+    """What a file's answers say about it, derived from its stat: the ETag and its
+    strength, the Last-Modified time, and the headers every 200 and 206 carries
+    (`tags`: those a 304 or 412 repeats; `base`: all but Content-Type)."""
+
+    __slots__ = ("etag", "modified", "strong", "tags", "base", "content_type", "headers")
+
+    def __init__(self, etag, modified, strong, tags, base, content_type) -> None:
+        self.etag = etag
+        self.modified = modified
+        self.strong = strong
+        self.tags = tags
+        self.base = base
+        self.content_type = content_type
+        self.headers = (*base, ("Content-Type", content_type))
+
+
+def _conditional(request: Request) -> bool:
+    """Whether the request has a field that can change a file's answer: a precondition
+    (If-*) or a Range."""
+    for name, _ in request.headers:  # noqa: SIM110 (cheaper than any() and a generator)
+        if name[:3] == "if-" or name == "range":
+            return True
+    return False
 
 
 class ByteRanges:

@@ -10,8 +10,9 @@ import os
 
 import pytest
 
+from selserve import file_cache
 from selserve.app import FileBody, Request
-from selserve.file_cache import OpenFileCache
+from selserve.file_cache import SMALL_FILE, OpenFileCache
 from selserve.static import StaticFiles
 
 
@@ -35,8 +36,11 @@ def get(app, path: str, *headers: tuple[str, str]):
 
 
 def content(response) -> bytes:
-    """The body a FileBody answer sends, read as the server would, then closed."""
+    """The body an answer sends: bytes as they are, a FileBody read as the server
+    would (then closed)."""
     body = response.body
+    if type(body) is bytes:
+        return body
     assert isinstance(body, FileBody), response.status
     try:
         return os.pread(body.fileobj.fileno(), body.count, body.offset)
@@ -198,3 +202,36 @@ def test_precompressed_variants_are_not_cached(site, clock):
     app = StaticFiles(site, precompressed=True, open_file_cache=cache)
     assert content(get(app, "/a.txt")) == b"inside\n"
     assert len(cache) == 0
+
+
+def test_a_small_file_is_kept_whole_and_answered_without_file_io(served, site, monkeypatch):
+    app, cache = served
+    assert content(get(app, "/a.txt")) == b"inside\n"
+    monkeypatch.setattr(os, "pread", None)  # no read, no descriptor lent: bytes kept
+    answer = get(app, "/a.txt")
+    assert answer.status == 200 and answer.body == b"inside\n"
+    assert ("Content-Type", "text/plain; charset=utf-8") in answer.headers
+    assert cache.data_bytes == len(b"inside\n")
+
+
+def test_a_large_file_is_sent_from_its_descriptor(served, site):
+    app, cache = served
+    (site / "big.bin").write_bytes(b"b" * (SMALL_FILE + 1))
+    answer = get(app, "/big.bin")
+    assert isinstance(answer.body, FileBody) and content(answer) == b"b" * (SMALL_FILE + 1)
+    assert cache.data_bytes == 0
+
+
+def test_small_files_kept_whole_stay_within_the_budget(tmp_path, clock, monkeypatch):
+    monkeypatch.setattr(file_cache, "DATA_BUDGET", 3 * 1000)
+    for index in range(5):
+        (tmp_path / f"f{index}").write_bytes(b"x" * 1000)
+    cache = OpenFileCache(10, valid=60.0, clock=clock)
+    app = StaticFiles(tmp_path, open_file_cache=cache)
+    answers = [get(app, f"/f{index}") for index in range(5)]
+    assert [type(a.body) is bytes for a in answers] == [True, True, True, False, False]
+    assert cache.data_bytes == 3000
+    for answer in answers:
+        assert content(answer) == b"x" * 1000
+    cache.clear()
+    assert cache.data_bytes == 0
