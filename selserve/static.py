@@ -43,7 +43,6 @@ an `OpenFileCache` (file_cache.py, --open-file-cache) still holds the file: then
 
 from __future__ import annotations
 
-import calendar
 import errno
 import html
 import logging
@@ -52,13 +51,14 @@ import os
 import re
 import stat
 import time
-from email.utils import formatdate, parsedate_tz
+from email.utils import formatdate
 from functools import lru_cache
 from urllib.parse import quote, unquote_to_bytes
 
 from .app import FileBody, Request, Response
 from .file_cache import CachedFile, OpenFileCache
 from .http.abnf import TOKEN
+from .http.conditional import if_range, parse_ranges, preconditions
 
 try:
     import fcntl
@@ -91,15 +91,9 @@ _F_GETPATH = getattr(fcntl, "F_GETPATH", None) if fcntl is not None else None  #
 
 # "%" must start an escape of two hex digits (RFC 3986 §2.1); anything else is refused.
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-# entity-tag = [ W/ ] DQUOTE *etagc DQUOTE ; etagc = %x21 / %x23-7E / obs-text (§8.8.3)
-_ENTITY_TAG = re.compile(r'[\s,]*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
-# int-range = first-pos "-" [ last-pos ] ; suffix-range = "-" suffix-length (§14.1.1)
-_RANGE_SPEC = re.compile(r"(\d*)-(\d*)")
 # Accept-Encoding member: codings [ weight ] (§12.5.3)
 _CODING = re.compile(rf"\s*({TOKEN})\s*(?:;\s*[qQ]\s*=\s*([0-9.]+))?\s*")
 
-# A byte position with more digits than this is past the end of any file.
-_MAX_POSITION_DIGITS = 18
 # Precompressed variants we look for, best first: (Content-Encoding, file suffix).
 _VARIANTS = (("br", b".br"), ("gzip", b".gz"))
 # Types whose text we declare as UTF-8 besides text/*.
@@ -294,7 +288,7 @@ class StaticFiles:
             memo = self._validators(st, fs_path, coding)
         size = st.st_size
         etag, modified = memo.etag, memo.modified
-        status = _preconditions(request, etag, modified)
+        status = preconditions(request, etag, modified)
         if status == 304:
             # Content-Length is that of the 200 we would have sent (RFC 9110 §8.6).
             file.close()
@@ -306,8 +300,8 @@ class StaticFiles:
         ranges = None
         # Range is defined for GET only (§14.2); If-Range can turn it off (§13.1.5).
         range_value = request.header("range") if request.method == "GET" else None
-        if range_value is not None and size > 0 and _if_range(request, etag, modified, memo.strong):
-            ranges = _parse_ranges(range_value, size)
+        if range_value is not None and size > 0 and if_range(request, etag, modified, memo.strong):
+            ranges = parse_ranges(range_value, size)
         if ranges is None or len(ranges) > MAX_RANGE_PARTS:
             return Response(200, list(memo.headers), FileBody(file, 0, size))
         if not ranges:
@@ -692,7 +686,7 @@ def _content_type(name: bytes) -> str:
     return kind
 
 
-# -- validators and preconditions ---------------------------------------------------
+# -- validators and encodings ---------------------------------------------------------
 
 
 def _etag(st: os.stat_result, coding: str | None, strong: bool) -> str:
@@ -700,132 +694,6 @@ def _etag(st: os.stat_result, coding: str | None, strong: bool) -> str:
     if coding is not None:
         tag += "-" + coding
     return f'"{tag}"' if strong else f'W/"{tag}"'
-
-
-def _tags(value: str) -> list[tuple[bool, str]] | None:
-    """The (weak, opaque-tag) members of an entity-tag list; None if it is malformed."""
-    out = []
-    pos = 0
-    while pos < len(value):
-        m = _ENTITY_TAG.match(value, pos)
-        if m is None:
-            if value[pos:].strip(" \t,") == "":
-                break
-            return None
-        out.append((m[1] is not None, m[2]))
-        pos = m.end()
-    return out
-
-
-def _matches(value: str, etag: str, *, strong_comparison: bool) -> bool:
-    """Whether an If-Match/If-None-Match value names `etag` (RFC 9110 §8.8.3.2)."""
-    if value.strip() == "*":
-        return True  # a current representation exists
-    tags = _tags(value)
-    if not tags:
-        return False
-    ours_weak = etag.startswith("W/")
-    ours = etag[3:-1] if ours_weak else etag[1:-1]
-    for weak, opaque in tags:
-        if opaque == ours and (not strong_comparison or not (weak or ours_weak)):
-            return True
-    return False
-
-
-def _http_date(value: str) -> int | None:
-    """Seconds since the epoch for an HTTP-date (any of the three forms of §5.6.7)."""
-    parts = parsedate_tz(value)
-    if parts is None:
-        return None
-    try:
-        return calendar.timegm(parts[:6]) - (parts[9] or 0)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _preconditions(request: Request, etag: str, modified: int) -> int:
-    """0 to go on, 304 or 412, in the order of RFC 9110 §13.2.2."""
-    if_match = request.header("if-match")
-    if if_match is not None:
-        if not _matches(if_match, etag, strong_comparison=True):
-            return 412
-    else:
-        since = request.header("if-unmodified-since")
-        if since is not None:
-            date = _http_date(since)
-            if date is not None and modified > date:
-                return 412
-    if_none_match = request.header("if-none-match")
-    if if_none_match is not None:
-        return 304 if _matches(if_none_match, etag, strong_comparison=False) else 0
-    since = request.header("if-modified-since")
-    if since is not None:
-        date = _http_date(since)
-        if date is not None and modified <= date:
-            return 304
-    return 0
-
-
-def _if_range(request: Request, etag: str, modified: int, strong: bool) -> bool:
-    """Whether the Range may be honoured: no If-Range, or it names the current
-    representation by a strong validator (§13.1.5)."""
-    value = request.header("if-range")
-    if value is None:
-        return True
-    value = value.strip()
-    if value.startswith('"') or value.startswith("W/"):
-        return strong and not value.startswith("W/") and value == etag
-    date = _http_date(value)
-    return strong and date is not None and date == modified
-
-
-def _parse_ranges(value: str, size: int) -> list[tuple[int, int]] | None:
-    """Satisfiable (first, last) byte ranges, merged and sorted; [] if none is
-    satisfiable (416); None if the header is not a valid bytes range-set (ignored)."""
-    unit, eq, spec = value.partition("=")
-    if not eq or unit.strip().lower() != "bytes":
-        return None
-    ranges = []
-    valid = 0
-    for item in spec.split(","):
-        item = item.strip(" \t")
-        if not item:
-            continue  # empty list members are allowed (§5.6.1.2)
-        m = _RANGE_SPEC.fullmatch(item)
-        if m is None:
-            return None
-        first_text, last_text = m.groups()
-        if first_text:
-            first = _position(first_text)
-            last = _position(last_text) if last_text else size - 1
-            if last_text and last < first:
-                return None  # invalid int-range: the whole header is invalid
-            valid += 1
-            if first < size:
-                ranges.append((first, min(last, size - 1)))
-        elif last_text:
-            valid += 1
-            suffix = _position(last_text)
-            if suffix > 0:
-                ranges.append((max(0, size - suffix), size - 1))
-        else:
-            return None  # "-" alone
-    if not valid:
-        return None
-    ranges.sort()
-    merged: list[tuple[int, int]] = []
-    for first, last in ranges:
-        if merged and first <= merged[-1][1] + 1:
-            if last > merged[-1][1]:
-                merged[-1] = (merged[-1][0], last)
-        else:
-            merged.append((first, last))
-    return merged
-
-
-def _position(digits: str) -> int:
-    # int() of thousands of digits is slow (and refused past 4300): no file is that long.
-    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10**_MAX_POSITION_DIGITS
 
 
 def _acceptable_codings(accept: str) -> list[tuple[str, bytes]]:
