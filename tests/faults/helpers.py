@@ -62,11 +62,14 @@ class Baseline:
     stderr_lines: int
 
     @classmethod
-    def take(cls, proc: ServerProcess) -> Baseline:
-        """Warm the paths scenarios use (so lazy imports are not counted as growth), then
-        read the settled fd count and RSS."""
+    def take(cls, proc: ServerProcess, *files: str) -> Baseline:
+        """Warm the paths scenarios use (so lazy imports are not counted as growth), and
+        the static `files` they ask for (the open-file cache keeps each one's descriptor:
+        a bounded cost, paid once), then read the settled fd count and RSS."""
         assert proc.get("/").status == 200, proc.diag("warm-up GET / failed")
         assert proc.get("/stream?n=8&size=16384").status == 200, proc.diag("warm-up failed")
+        for path in files:
+            assert proc.get(path).status == 200, proc.diag(f"warm-up GET {path} failed")
         fds = proc.settled_fds()
         return cls(fds=fds, rss=proc.rss(), stderr_lines=len(proc.stderr_text().splitlines()))
 

@@ -124,7 +124,7 @@ def run_scenario(
     `min_seconds` have passed (so that the probe runs meanwhile), `max_waves` ran or one
     went wrong; health; and the close reasons the server counted in between (read once
     the fds are back, so every connection of the scenario is closed by then)."""
-    baseline = Baseline.take(proc)
+    baseline = Baseline.take(proc, "/files/big.bin")
     before = close_reasons(proc.stats())
     run = Run(server=proc)
     with Prober(proc, interval=0.05) as prober:
