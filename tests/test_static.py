@@ -31,7 +31,9 @@ from hypothesis import strategies as st
 from static_fixtures.listing_page import ListingPage
 from static_fixtures.static_server import StaticServer
 
+from selserve import file_cache
 from selserve.app import FileBody, Request, Response
+from selserve.file_cache import OpenFileCache
 from selserve.static import MAX_RANGE_PARTS, ByteRanges, StaticFiles, mount
 
 OLD = 1_700_000_000  # Tue, 14 Nov 2023 22:13:20 GMT: long enough ago for strong validators
@@ -134,9 +136,20 @@ def root(tmp_path) -> Path:
     return build_tree(tmp_path)
 
 
-@pytest.fixture
-def static(root) -> StaticFiles:
+@pytest.fixture(params=["uncached", "cached"])
+def static(root, request) -> StaticFiles:
+    """StaticFiles as embedders get it, and as the command line runs it: with an open-file
+    cache (--open-file-cache), which must not change any answer below."""
+    if request.param == "cached":
+        return StaticFiles(root, open_file_cache=OpenFileCache(1000, 1.0))
     return StaticFiles(root)
+
+
+def expire_at_once(static: StaticFiles) -> None:
+    """A file changed must show at once: with a cache, once its entry expires (at
+    --open-file-cache-valid; 0 here, so that the change is seen by the next request)."""
+    if static.cache is not None:
+        static.cache.valid = 0.0
 
 
 # --------------------------------------------------------------------------- files
@@ -155,7 +168,16 @@ def test_file_answer_carries_type_length_dates_validator_and_ranges(static):
 
 
 def test_file_content_goes_out_as_a_file_body_not_bytes(static):
-    response = static(make_request("/data.bin"))
+    if static.cache is not None:  # a small file the cache keeps whole goes out as bytes
+        assert static(make_request("/data.bin")).body == DATA
+        static.cache.clear()
+        file_cache.DATA_BUDGET, budget = 0, file_cache.DATA_BUDGET
+        try:
+            response = static(make_request("/data.bin"))
+        finally:
+            file_cache.DATA_BUDGET = budget
+    else:
+        response = static(make_request("/data.bin"))
     try:
         assert isinstance(response.body, FileBody)
         assert (response.body.offset, response.body.count) == (0, len(DATA))
@@ -214,6 +236,7 @@ def etag_of(static, path="/hello.txt") -> str:
 
 
 def test_rewritten_file_with_new_length_gets_a_new_etag(root, static):
+    expire_at_once(static)
     first = etag_of(static)
     (root / "hello.txt").write_bytes(HELLO + b"more\n")
     age(root / "hello.txt")  # same mtime: the length alone must change the tag
@@ -221,6 +244,7 @@ def test_rewritten_file_with_new_length_gets_a_new_etag(root, static):
 
 
 def test_rewritten_file_with_same_length_and_later_mtime_gets_a_new_etag(root, static):
+    expire_at_once(static)
     first = etag_of(static)
     (root / "hello.txt").write_bytes(HELLO.upper())
     age(root / "hello.txt", when=OLD + 1)
@@ -250,6 +274,7 @@ def test_replaced_file_with_same_length_and_mtime_to_the_nanosecond_keeps_its_et
 
 
 def test_replaced_file_with_same_length_and_another_mtime_gets_a_new_etag(root, static):
+    expire_at_once(static)
     first = etag_of(static)
     fresh = root / "hello.tmp"
     fresh.write_bytes(HELLO.upper())
@@ -259,6 +284,7 @@ def test_replaced_file_with_same_length_and_another_mtime_gets_a_new_etag(root, 
 
 
 def test_old_etag_no_longer_gives_304_after_a_change(root, static):
+    expire_at_once(static)
     first = etag_of(static)
     (root / "hello.txt").write_bytes(b"changed content\n")
     age(root / "hello.txt", when=OLD + 5)
@@ -543,7 +569,9 @@ def test_head_gives_the_same_headers_as_get_for_a_file(static):
     get = fetch(static, "/data.bin")
     head = fetch(static, "/data.bin", "HEAD")
     assert (head.status, head.headers, head.length) == (get.status, get.headers, get.length)
-    assert head.kind == "file"  # the server sends no content for HEAD, but its length
+    # The server sends no content for HEAD, but its length (kept whole by the cache,
+    # a small file is bytes).
+    assert head.kind == ("file" if static.cache is None else "bytes") == get.kind
 
 
 def test_head_gives_the_same_headers_as_get_for_a_listing(static):
