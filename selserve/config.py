@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 
 from .accesslog import check_format
 from .forwarded import SOURCES, TrustedPeers
-from .tls import CLIENT_CERT_MODES, build_context
-from .tls import VERSIONS as TLS_VERSIONS
+
+# Values of --min-tls and --client-cert (tls.py maps them to ssl's; ssl itself is
+# imported only by a server that serves TLS: it costs about 3 MiB of memory).
+TLS_VERSIONS = ("1.2", "1.3")
+CLIENT_CERT_MODES = ("none", "optional", "required")
 
 
 def _setting(default, help: str, *, flag: str | None = None, metavar: str | None = None):
@@ -367,6 +370,8 @@ class Config:
             # Built once here (its TLSSettingsError, a ValueError, names the problem) and
             # kept: workers forked from the supervisor share it, and with it its session
             # ticket keys, so a client resumes its session on whichever worker it reaches.
+            from .tls import build_context
+
             self._tls_context = build_context(self)
 
     @property

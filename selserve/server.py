@@ -24,6 +24,7 @@ import socket
 import tempfile
 import threading
 import time
+import typing
 from collections import Counter
 from collections.abc import Callable
 
@@ -50,10 +51,11 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import RequestMetrics, exposition
 from .notices import ThrottledWarning
 from .scoreboard import NOT_ACCEPTING, Scoreboard
-from .tls import ServerTLS
-from .tls_connection import TLSConnection
 from .transport import prepare_socket
 from .workers import WorkerPool
+
+if typing.TYPE_CHECKING:
+    from .tls import ServerTLS
 
 log = logging.getLogger("selserve")
 
@@ -126,8 +128,15 @@ class Server:
             open_spill_file=self.open_spill_file,
         )
         self.context = self._connection_context()
-        # The certificate context of the HTTPS listeners (--certfile), or None.
-        self.tls = ServerTLS(config, self.context.request_class) if config.certfile else None
+        # The certificate context of the HTTPS listeners (--certfile), or None.  (ssl is
+        # imported only here: a server without TLS does not pay its memory.)
+        self.tls: ServerTLS | None = None
+        if config.certfile:
+            from .tls import ServerTLS
+            from .tls_connection import TLSConnection
+
+            self.tls = ServerTLS(config, self.context.request_class)
+            self._tls_connection = TLSConnection
         # Connections with no request in progress, oldest-idle first: the ones closed
         # to make room at the cap (shared with the connections, which keep it current).
         self.idle = self.context.idle
@@ -356,7 +365,7 @@ class Server:
                     self.context, prepare_socket(sock), peer, local, self.config.proxy_protocol
                 )
             else:
-                conn = TLSConnection(
+                conn = self._tls_connection(
                     self.context, prepare_socket(sock), peer, local, self.config.proxy_protocol, tls
                 )
         except OSError as exc:
