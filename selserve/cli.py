@@ -179,6 +179,25 @@ def load_app(spec: str):
     return target
 
 
+def _refuse_serving_the_key(root: str, config: Config) -> None:
+    """Refuse a TLS private key that the static files under `root` would hand to anyone
+    (`selserve --certfile cert.pem --keyfile key.pem` run where the key was made)."""
+    if not config.keyfile:
+        return
+    key = os.path.realpath(config.keyfile)
+    served = os.path.realpath(root)
+    inside = os.path.relpath(key, served)
+    if inside.startswith(os.pardir + os.sep) or inside == os.pardir:
+        return
+    hidden = any(part.startswith(".") for part in inside.split(os.sep))
+    if hidden and not config.dotfiles:
+        return  # (dot-files are never served)
+    raise UsageError(
+        f"--keyfile {config.keyfile} is inside the served directory {root}: anyone could "
+        "download the private key; keep it outside what is served (e.g. ~/.selserve/)"
+    )
+
+
 def build_app(spec: str | None, config: Config):
     """The native application the server runs, from the APP argument and the settings."""
 
@@ -186,6 +205,7 @@ def build_app(spec: str | None, config: Config):
         from .file_cache import OpenFileCache
         from .static import StaticFiles
 
+        _refuse_serving_the_key(root, config)
         try:
             return StaticFiles(
                 root,

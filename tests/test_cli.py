@@ -15,6 +15,7 @@ import time
 
 import pytest
 from helpers import BACKENDS, ROOT, RawClient, ServerProcess, free_port, get_request
+from tls_certs import make_certs
 
 
 def run_cli(*args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:
@@ -246,3 +247,32 @@ def test_a_server_takes_its_settings_from_a_config_file(server_factory, tmp_path
     proc = server_factory(None, "--config", str(path))
     response = proc.get("/_stats")
     assert (response.status, response.header("Server")) == (200, "from-the-file")
+
+
+@pytest.mark.timeout(30)
+def test_a_private_key_inside_the_served_directory_is_refused(tmp_path):
+    certs = make_certs(tmp_path / "served")  # the key lands in the directory served
+    tls = ("--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key))
+    line = assert_one_line_usage_error(
+        run_cli("--root", str(tmp_path), *tls, "--bind", f"127.0.0.1:{free_port()}")
+    )
+    assert "inside the served directory" in line and str(certs.server_key) in line, line
+    mounted = run_cli(
+        "selserve.demo:app", "--static", f"/files={tmp_path}", *tls,
+        "--bind", f"127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    assert "inside the served directory" in assert_one_line_usage_error(mounted)
+
+
+@pytest.mark.timeout(30)
+def test_a_private_key_in_a_hidden_directory_of_the_served_one_is_allowed(tmp_path):
+    certs = make_certs(tmp_path / ".tls")  # dot-files are never served (without --dotfiles)
+    server = ServerProcess(
+        None, "--root", str(tmp_path), "--certfile", str(certs.server_cert),
+        "--keyfile", str(certs.server_key), app=None,
+    )  # fmt: skip
+    try:
+        server.start()
+        assert server.proc.poll() is None, server.diag("refused a key no one can download")
+    finally:
+        server.stop()
