@@ -80,6 +80,11 @@ class _Waker:
         # Re-entrant, because a signal handler may wake the loop from inside wake().
         self._lock = threading.RLock()
         self._closed = False
+        # A token written and not yet drained: the loop will turn anyway, so a wake()
+        # meanwhile writes nothing (a busy thread pool wakes the loop once per turn, not
+        # once per answer).  drain() clears it after reading the token and before the
+        # loop runs its callbacks, so a callback whose wake() was skipped still runs.
+        self._pending = False
         if hasattr(os, "eventfd"):
             self._rfd = self._wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._token = (1).to_bytes(8, "little")
@@ -96,9 +101,12 @@ class _Waker:
         return self._rfd
 
     def wake(self) -> None:
+        if self._pending:
+            return
         with self._lock:
             if self._closed:
                 return  # the loop is gone: nothing to wake
+            self._pending = True
             try:
                 os.write(self._wfd, self._token)
             except (BlockingIOError, InterruptedError):
@@ -106,10 +114,16 @@ class _Waker:
 
     def drain(self) -> None:
         try:
-            while os.read(self._rfd, 4096):
-                pass
+            if self._pair is None:
+                os.read(self._rfd, 8)  # an eventfd gives its whole count in one read
+            else:
+                while os.read(self._rfd, 4096):
+                    pass
         except (BlockingIOError, InterruptedError):
             pass
+        # After the read: clearing first would let a wake() in between write a token
+        # that the read then takes, leaving _pending set with nothing to wake the loop.
+        self._pending = False
 
     def close(self) -> None:
         with self._lock:

@@ -235,6 +235,48 @@ def test_call_soon_threadsafe_wakes_a_blocked_select(loop):
     assert time.monotonic() - started < 2
 
 
+def test_no_wake_up_is_lost_when_threads_race_the_loop(loop, monkeypatch):
+    """wake() writes nothing while a token waits to be drained: four threads queueing
+    callbacks as fast as they can, against a loop with no timer (a lost wake-up would
+    leave it blocked in select for good), must see every callback run.  Draining is
+    slowed down (the GIL goes to the threads right there), so that a wake() lands
+    between the loop's read of the token and its clearing of the flag, again and again."""
+    real_read = os.read
+    waker_fd = loop._waker.fd
+
+    def slow_read(fd, size):
+        if fd == waker_fd:
+            time.sleep(0.0002)
+        return real_read(fd, size)
+
+    monkeypatch.setattr(os, "read", slow_read)
+    threads, each = 4, 3000
+    ran = []
+    done = threading.Event()
+
+    def work():
+        for _ in range(each):
+            loop.call_soon_threadsafe(ran.append, 1)
+            if len(ran) % 97 == 0:
+                time.sleep(0)  # (let the loop drain in the middle of the others' wakes)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    watchdog = threading.Timer(10, lambda: (done.set(), loop.call_soon_threadsafe(loop.stop)))
+    watchdog.start()
+    try:
+        started = time.monotonic()
+        while len(ran) < threads * each and time.monotonic() - started < 10:
+            loop.run_once()  # no timers: blocks in select() until woken
+    finally:
+        watchdog.cancel()
+        for worker in workers:
+            worker.join()
+    assert not done.is_set(), f"only {len(ran)} of {threads * each} callbacks ran"
+    assert len(ran) == threads * each
+
+
 def test_stop_from_another_thread_ends_run(loop):
     threading.Timer(0.1, loop.stop).start()
     started = time.monotonic()
