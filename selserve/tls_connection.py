@@ -158,6 +158,7 @@ class TLSConnection(Connection):
         self._arm(self.context.header_timeout, HEADER_TIMEOUT)
         self._watch(READABLE)
         Connection.on_readable(self)  # (the first request may have come with the Finished)
+        self._follow_crossed_waits()
 
     def _handshake_failed(self, exc: ssl.SSLError) -> None:
         if exc.reason in _PLAIN_HTTP_REASONS:
