@@ -1,6 +1,7 @@
-"""The directory listing in a real browser: headless Chromium (Debian's `chromium`) loads
-the page from a running `StaticFiles` server, and we check the DOM it built, follow its
-links, and take a screenshot.
+"""Static files in a real browser: headless Chromium (Debian's `chromium`) loads the
+directory listing from a running `StaticFiles` server, and we check the DOM it built,
+follow its links, and take a screenshot; and it loads a page with its stylesheet and
+script over HTTPS (`--certfile`), on every backend.
 
 Names with markup in them must show as text: a folder `<script>alert(1)<` holding
 `script>.txt` (so the file's path reads `<script>alert(1)</script>.txt`; a single name
@@ -206,3 +207,40 @@ def test_screenshot_of_the_listing(server, tmp_path):
     keep = os.environ.get("SELSERVE_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
+
+
+HTTPS_PAGE = b"""<!DOCTYPE html>
+<html><head><link rel="stylesheet" href="style.css"><script src="app.js"></script></head>
+<body><p id="out">not yet</p></body></html>
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_page_with_its_stylesheet_and_script_loads_over_https(backend, tmp_path):
+    """What a browser does with `selserve --certfile --keyfile`: TLS 1.3 with ALPN (it
+    offers h2 and gets http/1.1), then the page, its stylesheet and its script over
+    one or more kept-alive TLS connections; the script reports the stylesheet's colour."""
+    from tls_certs import TLSServer, make_certs
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_bytes(HTTPS_PAGE)
+    (site / "style.css").write_bytes(b"body { color: rgb(1, 2, 3); }\n")
+    (site / "app.js").write_bytes(
+        b"window.addEventListener('load', () => { document.getElementById('out')"
+        b".textContent = 'colour ' + getComputedStyle(document.body).color; });\n"
+    )
+    server = TLSServer(backend, make_certs(tmp_path / "certs"), "--root", str(site), app=None)
+    try:
+        server.start()
+        result = run_chromium(
+            tmp_path / "chromium", "--ignore-certificate-errors", "--virtual-time-budget=5000",
+            "--dump-dom", server.tls_url + "/",
+        )  # fmt: skip
+    finally:
+        server.stop()
+    dom = result.stdout.decode("utf-8", "replace")
+    assert "colour rgb(1, 2, 3)" in dom, (
+        f"chromium exited {result.returncode}; stdout {dom[:500]!r}; "
+        f"stderr {result.stderr.decode(errors='replace')[-1500:]}\n{server.diag('')}"
+    )
