@@ -149,7 +149,7 @@ class Connection(Responder):
             self.bytes_in += len(data)
             if exchange.state is IDLE:
                 self.context.idle.pop(self, None)  # a request is arriving
-            exchange.receive(data)
+            exchange.parser.feed(data)  # (exchange.receive, without its frame)
         else:
             exchange.receive_eof()
         self._advance()

@@ -211,7 +211,6 @@ class ServerExchange:
         "state",
         "request",
         "parser",
-        "receive",
         "settings",
         "peer",
         "local",
@@ -240,7 +239,6 @@ class ServerExchange:
         self.settings = settings
         self.parser = RequestParser(**settings.parser_limits, request_class=request_class)
         self._request_class = request_class
-        self.receive = self.parser.feed  # bytes in: no call of our own on the hot path
         self.peer = peer
         self.local = local
         self.state = IDLE
@@ -262,6 +260,13 @@ class ServerExchange:
         self.parser._request_class = self._request_class = request_class
 
     # -- bytes in ---------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """Bytes from the client.  (A driver on a hot path may call `parser.feed(data)`
+        itself, as the connection does: this frame costs more than the parser's work on
+        a small request, and a bound method kept per exchange would cost 64 bytes for
+        every idle connection.)"""
+        self.parser.feed(data)
 
     def receive_eof(self) -> None:
         """The client will send no more (it closed or half-closed its side)."""
