@@ -347,25 +347,15 @@ class Connection(Responder):
         """--proxy-protocol: the PROXY header the balancer sends first names the
         client; what follows it is HTTP.  Anything else closes the connection
         unanswered (it did not come through the balancer)."""
-        try:
-            data = self.transport.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.close(RECV_ERROR, exc)
-            return
-        if not data:
-            self.close(PEER_CLOSED)
+        data = self._preamble_recv()
+        if data is None:
             return
         self.bytes_in += len(data)
         data = self.preamble + data
-        try:
-            header = proxy_protocol.parse(data)
-        except proxy_protocol.ProxyProtocolError as exc:
-            self.close(PROXY_REFUSED, exc)
-            return
+        header = self._proxy_header(data)
         if header is None:
-            self.preamble = data  # (parse() bounds it: past MAX_V2_LENGTH it refuses)
+            if self.io_state is PREAMBLE:
+                self.preamble = data  # (parse() bounds it: past MAX_V2_LENGTH it refuses)
             return
         self.preamble = b""
         self.io_state = OPEN
@@ -374,6 +364,30 @@ class Connection(Responder):
             self.context.idle.pop(self, None)
             self.exchange.receive(data[header.length :])
             self._advance()
+
+    def _preamble_recv(self, flags: int = 0) -> bytes | None:
+        """What the client sent (None: nothing yet, or it left and we closed); `flags`
+        (MSG_PEEK) only where the transport is a plain socket."""
+        transport = self.transport
+        try:
+            data = transport.recv(READ_SIZE, flags) if flags else transport.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            self.close(RECV_ERROR, exc)
+            return None
+        if not data:
+            self.close(PEER_CLOSED)
+            return None
+        return data
+
+    def _proxy_header(self, data: bytes) -> proxy_protocol.ProxyHeader | None:
+        """The header `data` begins with; None while incomplete, or (closed) if invalid."""
+        try:
+            return proxy_protocol.parse(data)
+        except proxy_protocol.ProxyProtocolError as exc:
+            self.close(PROXY_REFUSED, exc)
+            return None
 
     def _take_proxy_header(self, header: proxy_protocol.ProxyHeader) -> None:
         """The client and the address it reached, as the balancer's PROXY header says."""

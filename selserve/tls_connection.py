@@ -25,16 +25,12 @@ from __future__ import annotations
 import socket
 import ssl
 
-from . import proxy_protocol
 from .backends import READABLE, WRITABLE
 from .connection import (
     CLOSED_IO,
     HEADER_TIMEOUT,
     OPEN,
-    PEER_CLOSED,
     PREAMBLE,
-    PROXY_REFUSED,
-    READ_SIZE,
     RECV_ERROR,
     SEND_ERROR,
     Connection,
@@ -172,22 +168,13 @@ class TLSConnection(Connection):
         """--proxy-protocol: the PROXY header, peeked at and then taken to its last byte
         only, so that the ClientHello after it stays in the socket for OpenSSL."""
         sock = self.transport
-        try:
-            data = sock.recv(READ_SIZE, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.close(RECV_ERROR, exc)
-            return
-        if not data:
-            self.close(PEER_CLOSED)
+        data = self._preamble_recv(socket.MSG_PEEK)
+        if data is None:
             return
         seen = self.preamble + data
-        try:
-            header = proxy_protocol.parse(seen)
-        except proxy_protocol.ProxyProtocolError as exc:
-            self.close(PROXY_REFUSED, exc)
-            return
+        header = self._proxy_header(seen)
+        if header is None and self.io_state is not PREAMBLE:
+            return  # (refused: closed)
         # All of an unfinished header's bytes are the header's; of a finished one, up to
         # its length.
         take = len(data) if header is None else header.length - len(self.preamble)

@@ -25,7 +25,7 @@ import time
 
 import pytest
 import requests
-from helpers import ROOT, RawClient, free_port, get_request, poll_until
+from helpers import ROOT, RawClient, ServerProcess, free_port, get_request, poll_until
 from tls_certs import (
     CLIENT_SUBJECT,
     SERVER_SERIAL,
@@ -779,3 +779,37 @@ def test_sighup_with_workers_gives_new_connections_the_new_certificate(
         "some new connections still get the old certificate"
     )
     assert proc.get("/").body == GREETING
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "in-pieces"])
+def test_a_proxy_header_before_the_handshake_names_the_client(backend, tmp_path, split):
+    """--proxy-protocol on a TLS listener (HAProxy's send-proxy-v2 to a TLS server): the
+    PROXY header comes in plain text, maybe in pieces, and the ClientHello right after
+    it; the header's client is the one logged, and the handshake is not disturbed."""
+    certs = make_certs(tmp_path / "certs")
+    log = tmp_path / "access.log"
+    server = ServerProcess(
+        backend, "--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key),
+        "--proxy-protocol", "--access-log", str(log), "--access-log-format", "%(h)s %(U)s",
+    )  # fmt: skip
+    context = client_context(certs)
+    try:
+        server.start()
+        with socket.create_connection(server.address, timeout=5) as raw:
+            header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n"
+            if split:
+                raw.sendall(header[:9])
+                time.sleep(0.1)
+                raw.sendall(header[9:])
+            else:
+                raw.sendall(header)
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(get_request("/", extra="Connection: close\r\n"))
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert poll_until(lambda: log.exists() and log.read_text(), 5)
+        assert log.read_text().splitlines() == ["203.0.113.7 /"]
+    finally:
+        server.stop()
