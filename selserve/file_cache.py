@@ -21,13 +21,16 @@ request for the path opens and checks it afresh.  So:
   I/O at all, as for any bytes answer.  What the user of the cache derives from a
   file's stat (static.py: its validators and headers) is kept as `memo`.
 
-An entry is checked for expiry only when its path is asked for again, so a file
-nobody asks for stays open until the cache turns over (as with nginx).  Used from
-the event loop's thread only.
+Entries are kept in the order they were stored, so the expired ones are at the
+front: any lookup past the oldest entry's expiry lets them go.  A file deleted or
+replaced is therefore let go by the first request for any file after it expired,
+not held (with its disk space) until the cache turns over.  Used from the event
+loop's thread only.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -105,7 +108,7 @@ class BorrowedFile:
 class OpenFileCache:
     """At most `size` open files by path, each valid for `valid` seconds."""
 
-    __slots__ = ("size", "valid", "data_bytes", "_entries", "_clock")
+    __slots__ = ("size", "valid", "data_bytes", "_entries", "_clock", "_next_expiry")
 
     def __init__(self, size: int, valid: float, clock=time.monotonic) -> None:
         if size < 1:
@@ -115,6 +118,7 @@ class OpenFileCache:
         self.data_bytes = 0  # of small files kept whole
         self._entries: dict[bytes, CachedFile] = {}  # oldest first
         self._clock = clock
+        self._next_expiry = math.inf  # when the oldest entry expires
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -122,14 +126,31 @@ class OpenFileCache:
     def lookup(self, path: bytes) -> CachedFile | None:
         """The entry for `path` if it is still valid; an expired one is dropped (the
         caller opens and checks the path again, and stores what it finds)."""
+        now = self._clock()
+        if now > self._next_expiry:
+            self._drop_expired(now)
         entry = self._entries.get(path)
         if entry is None:
             return None
-        if self._clock() - entry.checked <= self.valid:
+        if now - entry.checked <= self.valid:
             return entry
         del self._entries[path]
         self._evict(entry)
         return None
+
+    def _drop_expired(self, now: float) -> None:
+        """Let the expired entries go: the oldest first, up to the first still valid."""
+        entries = self._entries
+        valid = self.valid
+        while entries:
+            path = next(iter(entries))
+            entry = entries[path]
+            if now - entry.checked <= valid:
+                self._next_expiry = entry.checked + valid
+                return
+            del entries[path]
+            self._evict(entry)
+        self._next_expiry = math.inf
 
     def store(self, path: bytes, fd: int, st: os.stat_result) -> CachedFile:
         """Keep `fd` (a regular file just opened and checked, now ours) for `path`."""
@@ -148,6 +169,8 @@ class OpenFileCache:
             else:  # (changing as we read: served from the descriptor instead)
                 data = None
         entry = entries[path] = CachedFile(fd, st, self._clock(), data)
+        if len(entries) == 1:
+            self._next_expiry = entry.checked + self.valid
         return entry
 
     def _evict(self, entry: CachedFile) -> None:
@@ -159,5 +182,6 @@ class OpenFileCache:
     def clear(self) -> None:
         """Let every entry go (closed now, or when its last response ends)."""
         entries, self._entries = self._entries, {}
+        self._next_expiry = math.inf
         for entry in entries.values():
             self._evict(entry)

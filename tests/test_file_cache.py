@@ -235,3 +235,31 @@ def test_small_files_kept_whole_stay_within_the_budget(tmp_path, clock, monkeypa
         assert content(answer) == b"x" * 1000
     cache.clear()
     assert cache.data_bytes == 0
+
+
+def test_an_expired_file_is_let_go_by_a_request_for_any_other(served, site, clock):
+    """A file deleted after it was served keeps its disk space only until the first
+    request for any file once its entry expired, not until the cache turns over."""
+    app, cache = served
+    (site / "b.txt").write_bytes(b"another\n")
+    before = open_fds()
+    assert content(get(app, "/a.txt")) == b"inside\n"
+    (site / "a.txt").unlink()
+    assert open_fds() == before + 1
+    clock.now += 1.5
+    assert content(get(app, "/b.txt")) == b"another\n"  # another path
+    assert open_fds() == before + 1 and len(cache) == 1  # a.txt's descriptor let go
+    assert cache.lookup(os.fsencode(app.root) + b"/a.txt") is None
+
+
+def test_entries_still_valid_stay_when_older_ones_go(tmp_path, clock):
+    cache = OpenFileCache(10, valid=1.0, clock=clock)
+    for name in ("old", "new"):
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        fd = os.open(path, os.O_RDONLY)
+        cache.store(name.encode(), fd, os.fstat(fd))
+        clock.now += 0.6
+    # "old" was stored 1.2 s ago, "new" 0.6 s ago: only "old" has expired.
+    assert cache.lookup(b"missing") is None
+    assert len(cache) == 1 and cache.lookup(b"new") is not None
