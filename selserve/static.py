@@ -321,7 +321,8 @@ class StaticFiles:
 
     def _validators(self, st: os.stat_result, fs_path: bytes, coding) -> _Validators:
         now = time.time()
-        etag = _etag(st, coding, now - st.st_mtime >= STRONG_AFTER)
+        strong = now - st.st_mtime >= STRONG_AFTER
+        etag = _etag(st, coding, strong)
         tags = [("ETag", etag)]
         if self.precompressed:
             tags.append(("Vary", "Accept-Encoding"))
@@ -335,7 +336,7 @@ class StaticFiles:
         if coding is not None:
             base.append(("Content-Encoding", coding))
         return _Validators(
-            etag, modified, now - st.st_mtime >= STRONG_AFTER, tags, base,
+            etag, modified, strong, tags, base,
             _content_type(os.path.basename(fs_path)),
         )  # fmt: skip
 

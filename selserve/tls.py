@@ -316,6 +316,3 @@ class TLSTransport:
 
     def getpeercert(self) -> dict:
         return self.sock.getpeercert()
-
-    def selected_alpn_protocol(self) -> str | None:
-        return self.sock.selected_alpn_protocol()
