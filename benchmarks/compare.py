@@ -774,6 +774,25 @@ class HandshakeProbe:
 # --------------------------------------------------------------------------- workloads
 
 
+# What Chromium sends for a page it navigates to (tests/benchmarks/test_parser_throughput.py
+# parses the same fields): about 600 bytes with wrk's Host and request line.
+BROWSER_FIELDS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+    "Accept-Language: en-GB,en;q=0.9,de;q=0.8",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Referer: https://www.example.org/",
+    "Cookie: session=5f2b8c0e9a7d4e1fb3c6a2d9e8f70415; theme=dark; consent=1",
+    "Connection: keep-alive",
+    "Upgrade-Insecure-Requests: 1",
+    "Sec-Fetch-Dest: document",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-Site: same-origin",
+    "Cache-Control: max-age=0",
+)
+
+
 @dataclass
 class Workload:
     name: str
@@ -783,6 +802,7 @@ class Workload:
     close: bool = False
     static_file: str | None = None
     tickets: bool = True  # TLS: False starts the servers under an OpenSSL conf issuing none
+    headers: tuple[str, ...] = ()  # sent with every request, after wrk's own Host
 
     @property
     def tls(self) -> bool:
@@ -792,6 +812,14 @@ class Workload:
 WORKLOADS = [
     Workload("hello-c50", "hello", 50, "hello, keep-alive, 50 connections"),
     Workload("hello-c200", "hello", 200, "hello, keep-alive, 200 connections"),
+    Workload(
+        "hello-browser",
+        "hello",
+        50,
+        "hello with a browser's head (Host and 12 more fields, about 600 bytes: "
+        "User-Agent, Accept*, Cookie, Referer, Sec-Fetch-*), keep-alive, 50 connections",
+        headers=BROWSER_FIELDS,
+    ),
     Workload(
         "hello-close",
         "hello",
@@ -862,11 +890,15 @@ _LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk_argv(url: str, connections: int, seconds: float, close: bool) -> list[str]:
+def wrk_argv(
+    url: str, connections: int, seconds: float, close: bool, headers: tuple[str, ...] = ()
+) -> list[str]:
     argv = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     argv += ["--timeout", WRK_TIMEOUT]
     if close:
         argv += ["-H", "Connection: close"]
+    for header in headers:
+        argv += ["-H", header]
     return pinned(CLIENT_CPU, [*argv, url])
 
 
@@ -1005,7 +1037,7 @@ def measure(
             url = f"{'https' if workload.tls else 'http'}://{HOST}:{port}{target.path}"
             if settings.warmup > 0:
                 run_wrk(
-                    wrk_argv(url, connections, settings.warmup, workload.close),
+                    wrk_argv(url, connections, settings.warmup, workload.close, workload.headers),
                     settings.warmup,
                     settings.log_dir,
                 )
@@ -1015,7 +1047,7 @@ def measure(
             # wrk is the only child reaped during the run: its CPU is this difference.
             children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             text = run_wrk(
-                wrk_argv(url, connections, settings.duration, workload.close),
+                wrk_argv(url, connections, settings.duration, workload.close, workload.headers),
                 settings.duration,
                 settings.log_dir,
             )

@@ -14,8 +14,10 @@ request costs, which does not depend on the neighbours:
 The requests are those of `compare.py`'s workloads, with the head wrk sends:
 `GET /` answered by the demo app (`native`) and by `hello_wsgi.py` through the
 WSGI adapter (`wsgi`) on one keep-alive connection; the same with `Connection:
-close`, a new connection per request (`close`); and the demo's chunked stream of
-64 x 1 KiB (`stream`).  An in-process server answers over socketpairs, one loop
+close`, a new connection per request (`close`); the demo's chunked stream of
+64 x 1 KiB (`stream`); and `native` and `wsgi` with the head of compare.py's
+hello-browser, Host and the 12 fields Chromium sends (`browser`,
+`wsgi-browser`).  An in-process server answers over socketpairs, one loop
 turn per request.  `--baseline REV` measures that git revision of selserve too,
 side by side, so a change to the hot path is quoted against what it changes:
 
@@ -40,11 +42,31 @@ from revision import unpack
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 HEAD = b"Host: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
+# compare.py's hello-browser: Host and the 12 fields Chromium sends for a page.
+BROWSER_HEAD = (
+    b"Host: 127.0.0.1:8000\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/124.0.0.0 Safari/537.36\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    b"*/*;q=0.8\r\n"
+    b"Accept-Language: en-GB,en;q=0.9,de;q=0.8\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Referer: https://www.example.org/\r\n"
+    b"Cookie: session=5f2b8c0e9a7d4e1fb3c6a2d9e8f70415; theme=dark; consent=1\r\n"
+    b"Connection: keep-alive\r\n"
+    b"Upgrade-Insecure-Requests: 1\r\n"
+    b"Sec-Fetch-Dest: document\r\n"
+    b"Sec-Fetch-Mode: navigate\r\n"
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Cache-Control: max-age=0\r\n"
+)
 REQUESTS = {
     "native": b"GET / HTTP/1.1\r\n" + HEAD + b"\r\n",
     "wsgi": b"GET / HTTP/1.1\r\n" + HEAD + b"\r\n",
     "close": b"GET / HTTP/1.1\r\n" + HEAD + b"Connection: close\r\n\r\n",
     "stream": b"GET /stream?n=64&size=1024 HTTP/1.1\r\n" + HEAD + b"\r\n",
+    "browser": b"GET / HTTP/1.1\r\n" + BROWSER_HEAD + b"\r\n",
+    "wsgi-browser": b"GET / HTTP/1.1\r\n" + BROWSER_HEAD + b"\r\n",
 }
 KINDS = tuple(REQUESTS)
 WARM_UP = 200
@@ -61,7 +83,7 @@ def serve_requests(kind: str, count: int, trace: bool) -> float | None:
     from selserve.config import Config
     from selserve.server import Server, as_native
 
-    if kind == "wsgi":
+    if kind.startswith("wsgi"):
         sys.path.insert(0, str(BENCH_DIR))
         from hello_wsgi import app
     else:
