@@ -10,7 +10,9 @@ and each answer to its `Responder` part, acts on how far that got (watch for
 writability, wait for a worker, keep alive, linger, close), keeps the one
 record of what the loop watches for it, and runs one timer for whichever
 deadline applies.  It sees its server only through a narrow
-`ConnectionContext` (context.py).
+`ConnectionContext` (context.py).  With --proxy-protocol it first reads the
+balancer's PROXY header (the `ProxyPreamble` part, preamble.py).  Its close
+reasons and transport states are named in reasons.py.
 
 Every way a connection ends goes through `close(reason)`: unwatch, close the
 transport, cancel the timer, release the answer's body, free the slot (the last
@@ -25,7 +27,6 @@ from __future__ import annotations
 import logging
 import socket
 
-from . import proxy_protocol
 from .app import Response, close_body
 from .backends import READABLE, WRITABLE
 from .buffer import WriteBuffer
@@ -43,40 +44,34 @@ from .http.exchange import (
     ServerExchange,
 )
 from .lingering import LINGER_TIMEOUT, drop_input
+from .preamble import ProxyPreamble
+from .reasons import (
+    APP_ERROR,
+    BODY_TIMEOUT,
+    CLOSED_IO,
+    DONE,
+    HEADER_TIMEOUT,
+    INTERNAL_ERROR,
+    KEEPALIVE_TIMEOUT,
+    LINGERING,
+    OPEN,
+    PEER_CLOSED,
+    PREAMBLE,
+    PROXY_TIMEOUT,
+    RECV_ERROR,
+    SEND_ERROR,
+    WRITE_TIMEOUT,
+)
 from .responder import BLOCKED, BODY_WAITING, SEND_FAILED, SENT, Responder
-from .transport import Transport
+from .transport import READ_SIZE, Transport
 
 log = logging.getLogger("selserve")
 
-# Timeout reasons (also close reasons).
-HEADER_TIMEOUT = "header-timeout"
-BODY_TIMEOUT = "body-timeout"
-WRITE_TIMEOUT = "write-timeout"
-KEEPALIVE_TIMEOUT = "keepalive-timeout"
 
-# Close reasons: shared by the counters and the debug log.
-PEER_CLOSED = "peer-closed"
-RECV_ERROR = "recv-error"
-SEND_ERROR = "send-error"
-DONE = "done"
-APP_ERROR = "app-error"
-INTERNAL_ERROR = "internal-error"
-SHUTDOWN = "shutdown"
-RECLAIMED = "reclaimed"  # idle, closed to make room for a new client at the cap
-
-# Bytes asked of recv() at once.
-READ_SIZE = 64 * 1024
-
-# What the connection is doing with its transport (PREAMBLE: --proxy-protocol, the
-# balancer's PROXY header comes before any HTTP).
-OPEN, LINGERING, CLOSED_IO, PREAMBLE = "open", "lingering", "closed", "preamble"
-PROXY_REFUSED = "proxy-header-refused"  # close reasons: no valid PROXY header, or
-PROXY_TIMEOUT = "proxy-header-timeout"  # none within --header-timeout
-
-
-class Connection(Responder):
+class Connection(Responder, ProxyPreamble):
     """One client (see the module docstring); also dispatch's `Handle` for it.  Its
-    answer in flight is the `Responder` part (responder.py)."""
+    answer in flight is the `Responder` part (responder.py), its PROXY header the
+    `ProxyPreamble` part (preamble.py)."""
 
     __slots__ = (
         "context",
@@ -342,60 +337,6 @@ class Connection(Responder):
         self.io_state = LINGERING
         self._watch(READABLE)
         self._arm(LINGER_TIMEOUT, DONE)
-
-    def _read_preamble(self) -> None:
-        """--proxy-protocol: the PROXY header the balancer sends first names the
-        client; what follows it is HTTP.  Anything else closes the connection
-        unanswered (it did not come through the balancer)."""
-        data = self._preamble_recv()
-        if data is None:
-            return
-        self.bytes_in += len(data)
-        data = self.preamble + data
-        header = self._proxy_header(data)
-        if header is None:
-            if self.io_state is PREAMBLE:
-                self.preamble = data  # (parse() bounds it: past MAX_V2_LENGTH it refuses)
-            return
-        self.preamble = b""
-        self.io_state = OPEN
-        self._take_proxy_header(header)
-        if len(data) > header.length:  # the request began in the same packet
-            self.context.idle.pop(self, None)
-            self.exchange.receive(data[header.length :])
-            self._advance()
-
-    def _preamble_recv(self, flags: int = 0) -> bytes | None:
-        """What the client sent (None: nothing yet, or it left and we closed); `flags`
-        (MSG_PEEK) only where the transport is a plain socket."""
-        transport = self.transport
-        try:
-            data = transport.recv(READ_SIZE, flags) if flags else transport.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as exc:
-            self.close(RECV_ERROR, exc)
-            return None
-        if not data:
-            self.close(PEER_CLOSED)
-            return None
-        return data
-
-    def _proxy_header(self, data: bytes) -> proxy_protocol.ProxyHeader | None:
-        """The header `data` begins with; None while incomplete, or (closed) if invalid."""
-        try:
-            return proxy_protocol.parse(data)
-        except proxy_protocol.ProxyProtocolError as exc:
-            self.close(PROXY_REFUSED, exc)
-            return None
-
-    def _take_proxy_header(self, header: proxy_protocol.ProxyHeader) -> None:
-        """The client and the address it reached, as the balancer's PROXY header says."""
-        exchange = self.exchange
-        if not header.local:  # (a balancer's own health check keeps the socket's addresses)
-            self.peer = exchange.peer = header.source
-            if header.destination is not None:
-                self.local = exchange.local = header.destination
 
     def close(self, reason: str, exc: BaseException | None = None) -> None:
         """The one way out: unwatch, close, cancel the timer, release the bodies, free

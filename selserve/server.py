@@ -33,7 +33,7 @@ from .accesslog import AccessLog, clf_time
 from .app import Request, Response
 from .backends import READABLE
 from .config import Config
-from .connection import INTERNAL_ERROR, RECLAIMED, RECV_ERROR, SHUTDOWN, Connection
+from .connection import Connection
 from .context import ConnectionContext
 from .dispatch import Dispatch, as_native
 from .forwarded import TrustedPeers, forwarded_request_class
@@ -50,6 +50,7 @@ from .loop import EventLoop
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import RequestMetrics, exposition
 from .notices import ThrottledWarning
+from .reasons import INTERNAL_ERROR, RECLAIMED, RECV_ERROR, SHUTDOWN
 from .scoreboard import NOT_ACCEPTING, Scoreboard
 from .transport import prepare_socket
 from .workers import WorkerPool

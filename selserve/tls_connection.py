@@ -26,17 +26,10 @@ import socket
 import ssl
 
 from .backends import READABLE, WRITABLE
-from .connection import (
-    CLOSED_IO,
-    HEADER_TIMEOUT,
-    OPEN,
-    PREAMBLE,
-    RECV_ERROR,
-    SEND_ERROR,
-    Connection,
-)
+from .connection import Connection
 from .http import response as wire
 from .http.exchange import SENDING
+from .reasons import CLOSED_IO, HEADER_TIMEOUT, OPEN, PREAMBLE, RECV_ERROR, SEND_ERROR
 from .tls import ServerTLS, subject_name, with_client_cert
 
 HANDSHAKE = "handshake"  # io_state: the TLS handshake is under way

@@ -21,6 +21,10 @@ from typing import Protocol
 __all__ = ["Transport", "can_sendfile", "prepare_socket"]
 
 
+# Bytes asked of recv() at once.
+READ_SIZE = 64 * 1024
+
+
 class Transport(Protocol):
     """A connected, non-blocking byte stream."""
 

@@ -12,7 +12,11 @@ from fakes import FakeLoop, FakeTransport
 
 from selserve.app import FileBody, Response, native
 from selserve.backends import READABLE, WRITABLE
-from selserve.connection import (
+from selserve.connection import Connection
+from selserve.context import ConnectionContext
+from selserve.dispatch import Dispatch
+from selserve.http.exchange import ExchangeSettings
+from selserve.reasons import (
     BODY_TIMEOUT,
     DONE,
     HEADER_TIMEOUT,
@@ -22,11 +26,7 @@ from selserve.connection import (
     PROXY_TIMEOUT,
     SEND_ERROR,
     WRITE_TIMEOUT,
-    Connection,
 )
-from selserve.context import ConnectionContext
-from selserve.dispatch import Dispatch
-from selserve.http.exchange import ExchangeSettings
 from selserve.workers import WAIT
 
 HELLO = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"

@@ -11,10 +11,10 @@ from fakes import FakeLoop, FakeTransport
 
 from selserve.app import Request, Response, native
 from selserve.backends import READABLE, WRITABLE
-from selserve.connection import HEADER_TIMEOUT
 from selserve.context import ConnectionContext
 from selserve.dispatch import Dispatch
 from selserve.http.exchange import ExchangeSettings
+from selserve.reasons import HEADER_TIMEOUT
 from selserve.tls import tls_request_class
 from selserve.tls_connection import (
     TLS_EOF,
