@@ -1523,8 +1523,9 @@ def make_static_files(directory: Path) -> None:
 
 def baseline_servers(revision: str, directory: Path) -> list[ServerSpec]:
     """selserve as of `revision` (a git revision of this repository), unpacked into
-    `directory`: the demo app on the default backend, and the WSGI hello, so that a
-    change to the hot path is measured side by side with what it changes."""
+    `directory`: the demo app on the default backend, and the WSGI hello in the loop
+    and on the thread pool, so that a change to the hot path is measured side by
+    side with what it changes."""
     short = unpack(revision, directory)
     best = backends.best()
     demo = selserve_spec(best)
@@ -1538,7 +1539,15 @@ def baseline_servers(revision: str, directory: Path) -> list[ServerSpec]:
         source=directory,
         note=f"selserve at revision {short} ({best}) hosting `hello_wsgi.py`",
     )
-    return [demo, wsgi]
+    pool = ServerSpec(
+        f"selserve@{short}-wsgi-pool",
+        ("hello", "stream"),
+        selserve_wsgi_pool_argv,
+        is_selserve=True,
+        source=directory,
+        note=f"selserve at revision {short} ({best}) hosting `hello_wsgi.py` on 4 threads",
+    )
+    return [demo, wsgi, pool]
 
 
 def select_servers(specs: list[ServerSpec], wanted: list[str] | None) -> list[ServerSpec]:
@@ -1610,7 +1619,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         metavar="REV",
         help="also run selserve as of this git revision (demo app and WSGI hello, rows "
-        "named selserve@REV and selserve@REV-wsgi): before/after side by side in one run",
+        "named selserve@REV, selserve@REV-wsgi and selserve@REV-wsgi-pool): before/after "
+        "side by side in one run",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' stderr logs")
     return parser

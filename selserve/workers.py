@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .app import FileBody, Request, Response, close_body
@@ -30,6 +31,10 @@ class _Wait:
 
 # Yielded by a body iterator that has nothing yet; it calls its `resume` later.
 WAIT = _Wait()
+
+THREAD_PREFIX = "selserve-worker"  # the workers' thread names begin with this
+EXIT_GRACE = 2.0  # seconds the workers get to finish at shutdown (see WorkerPool.shutdown)
+_STOP = None  # the job that ends a worker
 
 
 class ThreadedBody:
@@ -122,19 +127,50 @@ class PoolClosedFile(FileBody):
 
 
 class WorkerPool:
-    """N threads that run the application and pull streamed bodies."""
+    """N threads that run the application and pull streamed bodies.
+
+    Not `concurrent.futures.ThreadPoolExecutor`: a request needs no `Future`
+    (the answer goes back through the loop), and the executor's submit and
+    completion -- the future's condition, the idle semaphore, the shutdown
+    locks -- cost more than a small app does.  A job here is one tuple on a
+    `SimpleQueue` (C, one lock).
+    """
 
     def __init__(self, loop, size: int, body_limit: int) -> None:
         self._loop = loop
         self._body_limit = body_limit
-        self._executor = ThreadPoolExecutor(size, thread_name_prefix="selserve-worker")
-        self._closing: dict[Future, object] = {}  # close() calls queued, by their future
+        self._size = size
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()  # (function, args) or _STOP
+        self._threads: list[threading.Thread] = []
+        self._closed = False
 
     def submit(self, call: Callable[[Request], Response], request: Request, handle) -> None:
         """Run `call(request)` on a worker; the answer goes to `handle.respond` in the
         loop, and a streamed body is pulled by the same worker (`handle.resume` tells
         the loop when it has more)."""
-        self._executor.submit(self._run, call, request, handle)
+        if not self._threads:
+            self._start()  # (here, not in __init__: the server may be made before a fork)
+        self._jobs.put((self._run, (call, request, handle)))
+
+    def _start(self) -> None:
+        for n in range(self._size):
+            # Daemon threads: a stopping server waits for the answers in flight up to
+            # its deadline, and an app that never returns must not keep it from exiting.
+            thread = threading.Thread(target=self._work, name=f"{THREAD_PREFIX}_{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self) -> None:
+        get = self._jobs.get
+        while True:
+            job = get()
+            if job is _STOP:
+                return
+            function, args = job
+            try:
+                function(*args)
+            except Exception:  # (_run and close_body catch the app's own failures)
+                log.exception("error in a worker thread")
 
     def _run(self, call, request, handle) -> None:
         response = call(request)  # never raises: a failing app is a 500 already
@@ -152,24 +188,36 @@ class WorkerPool:
 
     def close_later(self, body) -> None:
         """Call `body.close()` on a worker.  A close still queued when the pool shuts
-        down is not dropped with the queued requests: it runs where it is cancelled."""
-        try:
-            future = self._executor.submit(close_body, body, log)
-        except RuntimeError:  # the pool is shut down already (the server is stopping)
+        down is not dropped with the queued requests: shutdown() runs it."""
+        if self._closed:  # the server is stopping: no worker will take it
             close_body(body, log)
             return
-        self._closing[future] = body
-        future.add_done_callback(self._closed)
+        if not self._threads:
+            self._start()
+        self._jobs.put((close_body, (body, log)))
 
-    def _closed(self, future: Future) -> None:
-        body = self._closing.pop(future, None)
-        if future.cancelled() and body is not None:
-            close_body(body, log)
-
-    def shutdown(self) -> None:
-        # Running apps finish on their own; queued ones are dropped (their
-        # connections are being closed by the server), queued close() calls run.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, grace: float = EXIT_GRACE) -> None:
+        """Let the workers go.  Queued requests are dropped (the server is closing
+        their connections), queued close() calls run here, and the workers get up to
+        `grace` seconds to finish what they are doing: closing the bodies of
+        connections just closed, which the app may be told of (a stalled stream's
+        generator); an app that runs longer is left to end with the process."""
+        self._closed = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP and job[0] is close_body:
+                close_body(*job[1])
+        for _ in self._threads:
+            self._jobs.put(_STOP)
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        running = sum(thread.is_alive() for thread in self._threads)
+        if running:
+            log.warning("%d worker thread(s) still running the application at exit", running)
 
 
 def _deliver(handle, response: Response) -> None:

@@ -652,6 +652,25 @@ def test_pool_file_body_closed_just_before_shutdown_is_still_closed(loop, pool, 
     assert original.closed.wait(LOOP_TIMEOUT), "the app's file body was never closed"
 
 
+def test_pool_shutdown_waits_for_a_running_app_no_longer_than_its_grace(loop, pool):
+    busy, release = threading.Event(), threading.Event()
+
+    def blocking(request):
+        busy.set()
+        release.wait(LOOP_TIMEOUT)
+        return Response(200, [], b"slow\n")
+
+    Dispatch(RecordingApp(blocking), pool=pool).dispatch(make_request(), RecordingHandle())
+    wait_event(busy, "the blocking app never started")
+    try:
+        started = time.monotonic()
+        pool.shutdown(grace=0.3)
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+    assert 0.25 <= waited < 1.5, f"shutdown waited {waited:.2f} s (grace 0.3 s)"
+
+
 # =========================================================================== as_native
 
 
