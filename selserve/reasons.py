@@ -29,5 +29,7 @@ PROXY_REFUSED = "proxy-header-refused"  # --proxy-protocol: no valid PROXY heade
 PROXY_TIMEOUT = "proxy-header-timeout"  # or none within --header-timeout
 
 # What a connection is doing with its transport (its io_state).  PREAMBLE: with
-# --proxy-protocol, the balancer's PROXY header comes before any HTTP.
+# --proxy-protocol, the balancer's PROXY header comes before any HTTP.  AWAITING_APP:
+# a worker thread has the request; its input is not read until the answer comes.
 OPEN, LINGERING, CLOSED_IO, PREAMBLE = "open", "lingering", "closed", "preamble"
+AWAITING_APP = "awaiting-app"

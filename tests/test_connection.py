@@ -240,6 +240,65 @@ def test_a_threaded_body_that_has_nothing_yet_stops_watching_until_resumed():
     assert h.loop.watched[7] == READABLE
 
 
+class RecordingPool:
+    """Stands in for the worker pool: keeps what was submitted for the test to run."""
+
+    def __init__(self):
+        self.jobs: list = []
+
+    def submit(self, call, request, handle):
+        self.jobs.append((call, request, handle))
+
+    def run_next(self):
+        """What a worker and _deliver do, in one go."""
+        call, request, handle = self.jobs.pop(0)
+        handle.respond(call(request))
+        handle.resume()
+
+
+def pooled_harness() -> tuple[Harness, RecordingPool]:
+    h = Harness()
+    pool = RecordingPool()
+    h.context.dispatch = Dispatch(app, pool=pool)
+    return h, pool
+
+
+def test_while_a_worker_has_the_request_the_socket_stays_watched_and_the_timer_stops():
+    h, pool = pooled_harness()
+    h.send(HELLO)
+    assert len(pool.jobs) == 1 and h.transport.sent == b""
+    assert h.loop.watched == {7: READABLE} and not h.conn.timer.active
+    pool.run_next()
+    assert h.answers()[0].endswith(b"hello")
+    # Not unwatched and watched again per request: one watch at accept, that is all.
+    assert h.loop.log == [f"watch {READABLE}"] and h.loop.modifies == 0
+    assert h.conn.timeout_reason is KEEPALIVE_TIMEOUT and h.conn.timer.active
+
+
+def test_input_while_a_worker_has_the_request_waits_for_its_answer():
+    h, pool = pooled_harness()
+    h.send(HELLO)
+    h.transport.inbound.append(b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n")  # pipelined
+    h.conn.on_readable()
+    assert 7 not in h.loop.watched and h.transport.inbound, "read while the app ran"
+    pool.run_next()
+    assert len(h.answers()) == 1 and h.loop.watched == {7: READABLE}
+    h.conn.on_readable()
+    assert len(pool.jobs) == 1 and pool.jobs[0][1].path == "/second"
+    pool.run_next()
+    assert len(h.answers()) == 2 and h.closed == []
+
+
+def test_a_client_that_leaves_while_a_worker_has_the_request_is_closed_after_the_answer():
+    h, pool = pooled_harness()
+    h.send(HELLO)
+    h.send(b"")  # the client's FIN
+    assert 7 not in h.loop.watched and h.closed == []
+    pool.run_next()
+    h.conn.on_readable()  # watched again after the answer: the FIN is read
+    assert h.closed == [PEER_CLOSED] and h.answers()[0].endswith(b"hello")
+
+
 def test_a_file_body_goes_out_whole_and_is_closed():
     with tempfile.TemporaryFile() as file:
         file.write(b"0123456789")
