@@ -241,8 +241,9 @@ class Connection(Responder, ProxyPreamble):
         # would pile up) nor time out (how long an app runs is the app's business).
         # The socket stays watched for input: a client waiting for its answer sends
         # nothing, and not unwatching and watching again saves two epoll_ctl calls per
-        # request, each a chance for the GIL to go to a worker (pool hello: about 8% of
-        # the server's CPU).  Input that does come stops the watch (on_readable).
+        # request, each a chance for the GIL to go to a worker (WSGI hello on 4 threads:
+        # 40.9 -> 32.7 us of server CPU per request).  Input that does come stops the
+        # watch (on_readable).
         self.io_state = AWAITING_APP
         if self.watching != READABLE:
             self._watch(0)
