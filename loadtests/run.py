@@ -4,6 +4,7 @@
     python -m loadtests.run --backend all -t 60s            # every backend, one after another
     python -m loadtests.run --tags demo misbehave static wsgi
     python -m loadtests.run --host http://127.0.0.1:8000    # a server you started yourself
+    python -m loadtests.run --processes 2 -u 100            # the load from 2 Locust processes
 
 For each backend it starts `python -m selserve APP --backend NAME` on a free loopback port
 (with a short --header-timeout so that slowlorises are dropped within the run), runs Locust
@@ -99,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("-u", "--users", type=int, default=30, help="simulated users (30)")
     load.add_argument("-r", "--spawn-rate", type=float, help="users started per s (all at once)")
     load.add_argument("-t", "--run-time", default="30s", help="e.g. 15s, 1m, 1h30m (30s)")
+    load.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Locust processes making the load: with N > 1, Locust's master and N worker "
+        "processes on this machine; -1 for one per CPU (default 1: one process, which "
+        "tops out at about one core's worth of requests)",
+    )
     load.add_argument("--tags", nargs="+", default=[], help="run only users/tasks with a tag")
     load.add_argument("--exclude-tags", nargs="+", default=[], help="leave these tags out")
     load.add_argument(
@@ -309,6 +319,8 @@ def locust_argv(args, host: str, out: Path, header_timeout: float) -> list[str]:
         "--server-header-timeout",
         str(header_timeout),
     ]
+    if args.processes != 1:
+        argv += ["--processes", str(args.processes)]
     if args.tags:
         argv += ["--tags", *args.tags]
     if args.exclude_tags:
@@ -508,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         run_seconds(args.run_time)
         if args.users < 1:
             raise UsageError("--users must be at least 1")
+        if args.processes < 1 and args.processes != -1:
+            raise UsageError(f"--processes {args.processes}: give 1 or more, or -1 (one per CPU)")
         backends = backends_to_run(args)
     except UsageError as exc:
         print(f"loadtests.run: {exc}", file=sys.stderr)

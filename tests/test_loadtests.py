@@ -107,6 +107,39 @@ def test_default_mix_has_no_failures(backend, server_factory, tmp_path):
     assert "Traceback" not in log and " ERROR " not in log, server.diag("errors in the log")
 
 
+def test_two_locust_processes_drive_the_server_and_report_as_one(server_factory, tmp_path):
+    # --processes 2: Locust's master and two workers; the master writes the summary, so
+    # every request and check counted must have come back from the workers.
+    server = server_factory(BACKENDS[0], "--header-timeout", HEADER_TIMEOUT)
+    status, output = run_loadtest(
+        tmp_path,
+        "--host",
+        server.url,
+        "--header-timeout",
+        HEADER_TIMEOUT,
+        "--processes",
+        "2",
+        "-u",
+        str(USERS),
+        "-t",
+        RUN_TIME,
+    )
+    assert status == 0, f"load test with two Locust processes failed:\n{output}"
+    got = summary(tmp_path)
+    assert set(got["user_classes"]) == DEFAULT_MIX
+    groups = got["groups"]
+    assert groups["well_behaved"]["requests"] > 0 and groups["well_behaved"]["failures"] == 0
+    assert groups["misbehaving"]["requests"] > 0, "no misbehaving check reached the master"
+    log = (tmp_path / "locust.log").read_text()
+    assert "2 workers connected" in log, "Locust did not run two worker processes"
+    assert server.alive(), server.diag("the server did not survive the load test")
+
+
+def test_processes_must_be_positive_or_minus_one(tmp_path):
+    status, output = run_loadtest(tmp_path, "--processes", "0", "--host", "http://127.0.0.1:9")
+    assert status == 2 and "--processes 0" in output, output
+
+
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
     """One run against an app that corrupts every other echo, with the slowloris checks
