@@ -23,6 +23,12 @@ ENDED = -1  # the body is complete and framed: once flushed, the answer is out
 WAITING = -2  # a threaded body has nothing yet; the worker calls resume()
 FAILED = -3  # the application's iterator raised (the caller logs it)
 
+# Framed pieces are joined into one buffer entry of about this size: the buffer's
+# bookkeeping per entry (append, gather for sendmsg, consume), about 75 opcodes,
+# was most of the cost of a stream of small pieces.  64 x 1 KiB: 10,527 -> 6,416
+# opcodes, 661k -> 487k instructions per request (benchmarks/hotpath.py).
+BATCH = 64 * 1024
+
 
 class BodyProducer:
     """One streamed response body (see the module docstring)."""
@@ -43,28 +49,48 @@ class BodyProducer:
         WAITING or FAILED (the pieces pulled before those are in `out` already)."""
         iterator = self.iterator
         frame = self.frame
+        limited = self.limited
+        room = out.high_water - out.size
+        batch: list[bytes] = []  # small framed pieces, joined before they go into out
+        batched = 0
         added = 0
-        while out.size < out.high_water:
+        outcome = 0
+        while batched < room:
             try:
                 piece = next(iterator)
             except StopIteration:
-                out.append(self.exchange.finish_body())
-                self.total += added
-                return ENDED
+                batch.append(self.exchange.finish_body())
+                outcome = ENDED
+                break
             except Exception as exc:
                 self.failure = exc
-                self.total += added
-                return FAILED
+                outcome = FAILED
+                break
             if not piece:
                 continue
             if piece is WAIT:
-                self.total += added
-                return WAITING
-            out.append(frame(piece))
+                outcome = WAITING
+                break
+            framed = frame(piece)
             added += len(piece)
-            if self.limited and self.writer.done:  # its Content-Length is reached
-                out.append(self.exchange.finish_body())
-                self.total += added
-                return ENDED
+            batch.append(framed)
+            batched += len(framed)
+            if batched >= BATCH:
+                _append_joined(out, batch)
+                room -= batched
+                batch = []
+                batched = 0
+            if limited and self.writer.done:  # its Content-Length is reached
+                batch.append(self.exchange.finish_body())
+                outcome = ENDED
+                break
+        _append_joined(out, batch)
         self.total += added
-        return added
+        return outcome or added
+
+
+def _append_joined(out: WriteBuffer, batch: list[bytes]) -> None:
+    if len(batch) == 1:
+        out.append(batch[0])  # (one piece, however big: not copied)
+    elif batch:
+        out.append(b"".join(batch))
