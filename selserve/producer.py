@@ -47,43 +47,44 @@ class BodyProducer:
     def fill(self, out: WriteBuffer) -> int:
         """Pull pieces until `out` reaches high water: the bytes added, or ENDED,
         WAITING or FAILED (the pieces pulled before those are in `out` already)."""
-        iterator = self.iterator
+        room = out.high_water - out.size
+        if room <= 0:
+            return 0
         frame = self.frame
         limited = self.limited
-        room = out.high_water - out.size
         batch: list[bytes] = []  # small framed pieces, joined before they go into out
         batched = 0
         added = 0
         outcome = 0
-        while batched < room:
-            try:
-                piece = next(iterator)
-            except StopIteration:
+        try:
+            # A for loop: the end of the body costs no StopIteration caught per fill.
+            for piece in self.iterator:
+                if not piece:
+                    continue
+                if piece is WAIT:
+                    outcome = WAITING
+                    break
+                framed = frame(piece)
+                added += len(piece)
+                batch.append(framed)
+                batched += len(framed)
+                if batched >= BATCH:
+                    _append_joined(out, batch)
+                    room -= batched
+                    batch = []
+                    batched = 0
+                if limited and self.writer.done:  # its Content-Length is reached
+                    batch.append(self.exchange.finish_body())
+                    outcome = ENDED
+                    break
+                if batched >= room:  # high water
+                    break
+            else:
                 batch.append(self.exchange.finish_body())
                 outcome = ENDED
-                break
-            except Exception as exc:
-                self.failure = exc
-                outcome = FAILED
-                break
-            if not piece:
-                continue
-            if piece is WAIT:
-                outcome = WAITING
-                break
-            framed = frame(piece)
-            added += len(piece)
-            batch.append(framed)
-            batched += len(framed)
-            if batched >= BATCH:
-                _append_joined(out, batch)
-                room -= batched
-                batch = []
-                batched = 0
-            if limited and self.writer.done:  # its Content-Length is reached
-                batch.append(self.exchange.finish_body())
-                outcome = ENDED
-                break
+        except Exception as exc:
+            self.failure = exc
+            outcome = FAILED
         _append_joined(out, batch)
         self.total += added
         return outcome or added
