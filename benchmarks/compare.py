@@ -1531,23 +1531,21 @@ def baseline_servers(revision: str, directory: Path) -> list[ServerSpec]:
     demo = selserve_spec(best)
     demo.name, demo.source, demo.backend = f"selserve@{short}", directory, None
     demo.note = f"selserve at revision {short} ({best}), `selserve.demo:app`"
-    wsgi = ServerSpec(
-        f"selserve@{short}-wsgi",
-        ("hello", "stream"),
-        selserve_wsgi_argv,
-        is_selserve=True,
-        source=directory,
-        note=f"selserve at revision {short} ({best}) hosting `hello_wsgi.py`",
-    )
-    pool = ServerSpec(
-        f"selserve@{short}-wsgi-pool",
-        ("hello", "stream"),
-        selserve_wsgi_pool_argv,
-        is_selserve=True,
-        source=directory,
-        note=f"selserve at revision {short} ({best}) hosting `hello_wsgi.py` on 4 threads",
-    )
-    return [demo, wsgi, pool]
+    wsgi = [
+        ServerSpec(
+            f"selserve@{short}{suffix}",
+            ("hello", "stream"),
+            argv,
+            is_selserve=True,
+            source=directory,
+            note=f"selserve at revision {short} ({best}) hosting `hello_wsgi.py`{how}",
+        )
+        for suffix, argv, how in (
+            ("-wsgi", selserve_wsgi_argv, " in the loop"),
+            ("-wsgi-pool", selserve_wsgi_pool_argv, " on 4 threads"),
+        )
+    ]
+    return [demo, *wsgi]
 
 
 def select_servers(specs: list[ServerSpec], wanted: list[str] | None) -> list[ServerSpec]:

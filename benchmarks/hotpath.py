@@ -37,28 +37,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from compare import BROWSER_FIELDS
 from revision import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 HEAD = b"Host: 127.0.0.1:8000\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
 # compare.py's hello-browser: Host and the 12 fields Chromium sends for a page.
-BROWSER_HEAD = (
-    b"Host: 127.0.0.1:8000\r\n"
-    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    b"Chrome/124.0.0.0 Safari/537.36\r\n"
-    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
-    b"*/*;q=0.8\r\n"
-    b"Accept-Language: en-GB,en;q=0.9,de;q=0.8\r\n"
-    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
-    b"Referer: https://www.example.org/\r\n"
-    b"Cookie: session=5f2b8c0e9a7d4e1fb3c6a2d9e8f70415; theme=dark; consent=1\r\n"
-    b"Connection: keep-alive\r\n"
-    b"Upgrade-Insecure-Requests: 1\r\n"
-    b"Sec-Fetch-Dest: document\r\n"
-    b"Sec-Fetch-Mode: navigate\r\n"
-    b"Sec-Fetch-Site: same-origin\r\n"
-    b"Cache-Control: max-age=0\r\n"
+BROWSER_HEAD = b"Host: 127.0.0.1:8000\r\n" + b"".join(
+    field.encode("latin-1") + b"\r\n" for field in BROWSER_FIELDS
 )
 REQUESTS = {
     "native": b"GET / HTTP/1.1\r\n" + HEAD + b"\r\n",

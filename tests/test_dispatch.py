@@ -635,15 +635,7 @@ def test_pool_file_body_closed_just_before_shutdown_is_still_closed(loop, pool, 
     first = RecordingHandle()
     Dispatch(streaming(original), pool=pool).dispatch(make_request(), first)
     body = wait_answer(loop, first).body
-    busy, release = threading.Event(), threading.Event()
-
-    def blocking(request):
-        busy.set()
-        release.wait(LOOP_TIMEOUT)
-        return Response(200, [], b"slow\n")
-
-    Dispatch(RecordingApp(blocking), pool=pool).dispatch(make_request(), RecordingHandle())
-    wait_event(busy, "the blocking app never started")
+    release = occupy_a_worker(pool)
     try:
         body.close()  # in the loop: queued behind the busy worker
         pool.shutdown()  # the server is stopping
@@ -652,7 +644,8 @@ def test_pool_file_body_closed_just_before_shutdown_is_still_closed(loop, pool, 
     assert original.closed.wait(LOOP_TIMEOUT), "the app's file body was never closed"
 
 
-def test_pool_shutdown_waits_for_a_running_app_no_longer_than_its_grace(loop, pool):
+def occupy_a_worker(pool) -> threading.Event:
+    """Start an app on `pool` that runs until the returned event is set."""
     busy, release = threading.Event(), threading.Event()
 
     def blocking(request):
@@ -662,6 +655,11 @@ def test_pool_shutdown_waits_for_a_running_app_no_longer_than_its_grace(loop, po
 
     Dispatch(RecordingApp(blocking), pool=pool).dispatch(make_request(), RecordingHandle())
     wait_event(busy, "the blocking app never started")
+    return release
+
+
+def test_pool_shutdown_waits_for_a_running_app_no_longer_than_its_grace(loop, pool):
+    release = occupy_a_worker(pool)
     try:
         started = time.monotonic()
         pool.shutdown(grace=0.3)

@@ -75,6 +75,12 @@ def run_loadtest(out: Path, *args: str) -> tuple[int, str]:
     return proc.returncode, output.decode(errors="replace")
 
 
+def default_mix_against(server) -> list[str]:
+    """The runner's arguments for the default mix against `server`, the smoke's size."""
+    target = ["--host", server.url, "--header-timeout", HEADER_TIMEOUT]
+    return [*target, "-u", str(USERS), "-t", RUN_TIME]
+
+
 def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
@@ -83,17 +89,7 @@ def summary(out: Path) -> dict:
 def test_default_mix_has_no_failures(backend, server_factory, tmp_path):
     server = server_factory(backend, "--header-timeout", HEADER_TIMEOUT)
     fds_before = server.settled_fds()
-    status, output = run_loadtest(
-        tmp_path,
-        "--host",
-        server.url,
-        "--header-timeout",
-        HEADER_TIMEOUT,
-        "-u",
-        str(USERS),
-        "-t",
-        RUN_TIME,
-    )
+    status, output = run_loadtest(tmp_path, *default_mix_against(server))
     assert status == 0, f"load test failed on {backend}:\n{output}"
     # Every user of the default mix took part.
     ran = set(summary(tmp_path)["user_classes"])
@@ -111,19 +107,7 @@ def test_two_locust_processes_drive_the_server_and_report_as_one(server_factory,
     # --processes 2: Locust's master and two workers; the master writes the summary, so
     # every request and check counted must have come back from the workers.
     server = server_factory(BACKENDS[0], "--header-timeout", HEADER_TIMEOUT)
-    status, output = run_loadtest(
-        tmp_path,
-        "--host",
-        server.url,
-        "--header-timeout",
-        HEADER_TIMEOUT,
-        "--processes",
-        "2",
-        "-u",
-        str(USERS),
-        "-t",
-        RUN_TIME,
-    )
+    status, output = run_loadtest(tmp_path, *default_mix_against(server), "--processes", "2")
     assert status == 0, f"load test with two Locust processes failed:\n{output}"
     got = summary(tmp_path)
     assert set(got["user_classes"]) == DEFAULT_MIX
