@@ -25,8 +25,9 @@ FAILED = -3  # the application's iterator raised (the caller logs it)
 
 # Framed pieces are joined into one buffer entry of about this size: the buffer's
 # bookkeeping per entry (append, gather for sendmsg, consume), about 75 opcodes,
-# was most of the cost of a stream of small pieces.  64 x 1 KiB: 10,527 -> 6,416
-# opcodes, 661k -> 487k instructions per request (benchmarks/hotpath.py).
+# was most of the cost of a stream of small pieces.  64 x 1 KiB, with the for loop
+# below: 10,527 -> 6,151 opcodes, 661k -> 470k instructions per request
+# (benchmarks/hotpath.py --callgrind).
 BATCH = 64 * 1024
 
 

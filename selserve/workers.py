@@ -148,6 +148,8 @@ class WorkerPool:
         """Run `call(request)` on a worker; the answer goes to `handle.respond` in the
         loop, and a streamed body is pulled by the same worker (`handle.resume` tells
         the loop when it has more)."""
+        if self._closed:  # (no worker would ever take it: its client would wait forever)
+            raise RuntimeError("the worker pool is shut down")
         if not self._threads:
             self._start()  # (here, not in __init__: the server may be made before a fork)
         self._jobs.put((self._run, (call, request, handle)))

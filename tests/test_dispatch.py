@@ -669,6 +669,12 @@ def test_pool_shutdown_waits_for_a_running_app_no_longer_than_its_grace(loop, po
     assert 0.25 <= waited < 1.5, f"shutdown waited {waited:.2f} s (grace 0.3 s)"
 
 
+def test_pool_refuses_a_request_once_shut_down(pool, handle):
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(lambda request: Response(200, [], b""), make_request(), handle)
+
+
 # =========================================================================== as_native
 
 
