@@ -82,12 +82,17 @@ RANGE_BLOCK = 64 * 1024
 # (RFC 9110 §8.8.2.2: a date is strong only if at least a second before Date).
 STRONG_AFTER = 1.0
 CRLF = "\r\n"
+# Request paths whose file-system name is remembered (a pure function of the path):
+# past this many the memo starts again, so a client inventing paths costs it nothing.
+RESOLVED_MAX = 1024
 
 # Non-blocking: opening a FIFO for reading would otherwise wait for a writer, in the loop.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 # Where the kernel tells us the real path of an open descriptor.
 _PROC_FD = b"/proc/self/fd/" if os.path.isdir("/proc/self/fd") else None
 _F_GETPATH = getattr(fcntl, "F_GETPATH", None) if fcntl is not None else None  # macOS
+
+_UNRESOLVED = object()  # (a path not in the memo yet; None is a refused one)
 
 # "%" must start an escape of two hex digits (RFC 3986 §2.1); anything else is refused.
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -156,6 +161,10 @@ class StaticFiles:
         self.cache = None if precompressed else open_file_cache
         # Real paths under the root start with this (the root itself aside).
         self._inside = real if real.endswith(b"/") else real + b"/"
+        # Request path -> (name under the root, trailing slash, the root itself), or None
+        # for a path refused by its form: decoding and checking it is about a tenth of
+        # a small cached file's answer.
+        self._resolved: dict[str, tuple[bytes, bool, bool] | None] = {}
 
     def __repr__(self) -> str:
         return f"<StaticFiles {os.fsdecode(self.root)!r}>"
@@ -177,13 +186,12 @@ class StaticFiles:
         """
         if request.method != "GET" and request.method != "HEAD":
             return _plain(405, b"method not allowed\n", ("Allow", ALLOWED_METHODS))
-        split = _split_path(path)
-        if split is None:
+        resolved = self._resolved.get(path, _UNRESOLVED)
+        if resolved is _UNRESOLVED:
+            resolved = self._resolve(path)
+        if resolved is None:
             return _not_found()
-        segments, trailing_slash = split
-        if not self.dotfiles and _hidden(segments):
-            return _not_found()
-        fs_path = b"/".join((self.root.rstrip(b"/"), *segments)) if segments else self.root
+        fs_path, trailing_slash, at_root = resolved
         cache = self.cache
         if cache is not None:
             entry = cache.lookup(fs_path)
@@ -202,7 +210,7 @@ class StaticFiles:
             if stat.S_ISDIR(st.st_mode):
                 if not trailing_slash:
                     return _add_slash(path, request.query)
-                return self._directory(request, fd, fs_path, bool(segments))
+                return self._directory(request, fd, fs_path, not at_root)
             if not stat.S_ISREG(st.st_mode) or trailing_slash:
                 return _not_found()
             owned, fd = fd, -1  # _file (or the cache) closes it on every path from here
@@ -212,6 +220,21 @@ class StaticFiles:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _resolve(self, path: str) -> tuple[bytes, bool, bool] | None:
+        """(name under the root, trailing slash, the root itself) for a request path, or
+        None when its form is refused (404); remembered in `_resolved`."""
+        split = _split_path(path)
+        if split is None or (not self.dotfiles and _hidden(split[0])):
+            resolved = None
+        else:
+            segments, trailing_slash = split
+            fs_path = b"/".join((self.root.rstrip(b"/"), *segments)) if segments else self.root
+            resolved = (fs_path, trailing_slash, not segments)
+        if len(self._resolved) >= RESOLVED_MAX:
+            self._resolved.clear()
+        self._resolved[path] = resolved
+        return resolved
 
     def _is_inside(self, fd: int, fs_path: bytes) -> bool:
         """Whether the open descriptor `fd` really lies under the root (links resolved)."""

@@ -32,6 +32,7 @@ from static_fixtures.listing_page import ListingPage
 from static_fixtures.static_server import StaticServer
 
 from selserve import file_cache
+from selserve import static as static_module
 from selserve.app import FileBody, Request, Response
 from selserve.file_cache import OpenFileCache
 from selserve.static import MAX_RANGE_PARTS, ByteRanges, StaticFiles, mount
@@ -1008,6 +1009,31 @@ def test_file_the_server_may_not_read_is_403(static, monkeypatch):
 def test_root_must_be_a_directory(root):
     with pytest.raises(ValueError, match="not a directory"):
         StaticFiles(root / "hello.txt")
+
+
+# --------------------------------------------------------------------------- the path memo
+
+
+def test_a_remembered_path_still_follows_the_file_system(root, static):
+    expire_at_once(static)
+    assert fetch(static, "/later.txt").status == 404
+    (root / "later.txt").write_bytes(b"now here\n")
+    assert fetch(static, "/later.txt").body == b"now here\n"
+    (root / "later.txt").unlink()
+    assert fetch(static, "/later.txt").status == 404
+
+
+@pytest.mark.parametrize("target", ["/.env", "/a/../hello.txt", "/%2e%2e/etc/passwd", "//x"])
+def test_a_refused_path_is_refused_every_time(static, target):
+    for _ in range(3):
+        assert fetch(static, target).status == 404
+
+
+def test_the_path_memo_is_bounded(static):
+    for n in range(static_module.RESOLVED_MAX + 10):
+        fetch(static, f"/missing-{n}.txt")
+    assert len(static._resolved) <= static_module.RESOLVED_MAX
+    assert fetch(static, "/hello.txt").body == HELLO  # and it works on from there
 
 
 # --------------------------------------------------------------------------- precompressed
