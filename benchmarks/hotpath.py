@@ -37,7 +37,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compare import BROWSER_FIELDS
+from browser_head import BROWSER_FIELDS
 from revision import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
