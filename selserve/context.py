@@ -3,7 +3,8 @@
 Connections never see the `Server`: they get this narrow object, which the
 server fills in and keeps current, with the settings their exchanges share,
 the dispatch that answers their requests, their timeouts and water marks, the
-registry of idle connections (the ones reclaimed at the cap), the counters, the
+two queues of idle connections (which time them out and are reclaimed at the
+cap), the counters, the
 observer of finished answers (access log, metrics) and three callbacks for what
 they report.  It holds data and does nothing: no I/O, no import of
 connection.py or server.py.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .app import Request
 from .http.exchange import ExchangeSettings
+from .loop import DeadlineQueue
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -36,7 +38,8 @@ class ConnectionContext:
         "keepalive_timeout",
         "high_water",
         "low_water",
-        "idle",
+        "fresh",
+        "kept_alive",
         "accepting",
         "observe",
         "request_class",
@@ -78,9 +81,12 @@ class ConnectionContext:
         self.keepalive_timeout = keepalive_timeout
         self.high_water = high_water
         self.low_water = low_water
-        # Connections with no request in progress, oldest-idle first (dicts keep
-        # insertion order), with the loop time each went idle: reclaimable at the cap.
-        self.idle: dict[Connection, float] = {}
+        # The idle connections, oldest first, each with no timer of its own (loop.py):
+        # accepted with nothing received yet, due header_timeout after accept; and
+        # answered with nothing of the next request yet, due keepalive_timeout after.
+        # Both are reclaimable at the cap.
+        self.fresh = DeadlineQueue(loop, header_timeout)
+        self.kept_alive = DeadlineQueue(loop, keepalive_timeout)
         self.accepting = False  # False while the server is not accepting (at the cap, say)
         # (connection, request): an answer has ended (its status, start and body_sent()
         # are the connection's),

@@ -71,6 +71,75 @@ class Timer:
             self._loop._live_timers -= 1
 
 
+class DeadlineQueue:
+    """Members that each fall due `delay` seconds after they joined, timed by one
+    loop timer for all of them.
+
+    With one delay for every member, joining order is deadline order (the loop's
+    clock never goes back), so the earliest deadline is always the first member:
+    joining and leaving are dict operations and no member holds a timer of its own.
+    Ten thousand idle keep-alive connections cost one timer, not ten thousand
+    (about 310 B each: a Timer, its bound callback and its heap entry).  Node.js
+    times its sockets the same way, one list per duration.  A member that falls due
+    leaves the queue, then its `on_timeout()` is called.
+    """
+
+    __slots__ = ("delay", "members", "_loop", "_timer")
+
+    def __init__(self, loop: EventLoop, delay: float) -> None:
+        self._loop = loop
+        self.delay = delay
+        self.members: dict[Any, float] = {}  # member -> loop time it joined, oldest first
+        self._timer: Timer | None = None
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, member: Any) -> bool:
+        return member in self.members
+
+    def add(self, member: Any) -> None:
+        """Join (again) now: due `delay` from now."""
+        members = self.members
+        members.pop(member, None)  # (a dict keeps a re-assigned key in its old place)
+        now = self._loop.now
+        members[member] = now
+        timer = self._timer
+        if timer is None:
+            self._timer = self._loop.call_at(now + self.delay, self._expire)
+        elif not timer.active:
+            timer.reschedule(now + self.delay)
+
+    def leave(self, member: Any) -> float | None:
+        """Leave without falling due; the loop time `member` joined, None if it was
+        not a member."""
+        return self.members.pop(member, None)
+
+    def oldest(self) -> tuple[Any, float] | None:
+        """The member that joined first and when, None if there is none."""
+        for entry in self.members.items():
+            return entry
+        return None
+
+    def _expire(self) -> None:
+        loop = self._loop
+        members = self.members
+        delay = self.delay
+        due = []
+        for member, joined in members.items():
+            if joined + delay > loop.now:  # (the timer's own test: the same sum)
+                self._timer.reschedule(joined + delay)  # the next one to fall due
+                break
+            due.append(member)
+        for member in due:
+            if members.pop(member, None) is None:
+                continue  # an earlier one's timeout took it along
+            try:
+                member.on_timeout()
+            except Exception as exc:
+                loop._handler_failed(member, exc)
+
+
 class _Waker:
     """A readable fd that other threads and signal handlers poke to end a select()."""
 

@@ -20,7 +20,7 @@ from .transport import READ_SIZE
 class ProxyPreamble:
     """A mixin of `Connection`: its PREAMBLE state.  It uses the connection's
     transport, exchange, context, io_state, preamble and bytes_in slots, and its
-    `close()` and `_advance()`."""
+    `close()`, `_leave_idle()` and `_advance()`."""
 
     __slots__ = ()
 
@@ -40,7 +40,7 @@ class ProxyPreamble:
         self.io_state = OPEN
         self._take_proxy_header(header)
         if len(data) > header.length:  # the request began in the same packet
-            self.context.idle.pop(self, None)
+            self._leave_idle()
             self.exchange.receive(data[header.length :])
             self._advance()
 

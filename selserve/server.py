@@ -21,12 +21,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
 import typing
 from collections import Counter
 from collections.abc import Callable
+from operator import itemgetter
 
 from . import backends
 from .accesslog import AccessLog, clf_time
@@ -81,6 +83,9 @@ FD_EXHAUSTED_PAUSE = 0.25
 # At most one warning per this many seconds for a failure that repeats per
 # connection or per request (out of descriptors, a full disk).
 RESOURCE_WARNING_INTERVAL = 10.0
+
+_since = itemgetter(1)  # of a (connection, idle since) pair
+
 # accept() errors that concern one pending connection, not the listener: the
 # client is gone, or (Linux) a network error already pending on the new socket,
 # which accept(2) says to treat like EAGAIN.  Skip it and accept the next.
@@ -138,9 +143,6 @@ class Server:
 
             self.tls = ServerTLS(config, self.context.request_class)
             self._tls_connection = TLSConnection
-        # Connections with no request in progress, oldest-idle first: the ones closed
-        # to make room at the cap (shared with the connections, which keep it current).
-        self.idle = self.context.idle
         self.counters = self.context.counters  # what the server and connections noted
         self.closed: Counter[str] = Counter()  # connections closed, by reason
         self.metrics = RequestMetrics() if config.metrics_path else None
@@ -335,20 +337,25 @@ class Server:
         board, slot, _ = self._shared
         board.load(slot, len(self.connections) if not self.stopping else NOT_ACCEPTING)
 
+    def _longest_idle(self) -> tuple[Connection, float] | None:
+        """The connection idle longest (new, or kept alive after an answer: the
+        connections' two queues, context.py), and since when."""
+        heads = (self.context.fresh.oldest(), self.context.kept_alive.oldest())
+        return min((head for head in heads if head is not None), key=_since, default=None)
+
     def _reclaimable(self) -> Connection | None:
         """The longest-idle connection, if it has been idle for RECLAIM_MIN_IDLE."""
-        for conn, idle_since in self.idle.items():
-            if self.loop.now - idle_since >= RECLAIM_MIN_IDLE:
-                return conn
-            return None  # the oldest is too young, so are the rest
-        return None
+        longest = self._longest_idle()
+        if longest is not None and self.loop.now - longest[1] >= RECLAIM_MIN_IDLE:
+            return longest[0]
+        return None  # the oldest is too young, so are the rest
 
     def _retry_when_reclaimable(self) -> None:
         """With accepting paused at the cap, look again once the oldest idle one is old enough."""
-        if self._reclaim_timer is not None or not self.idle:
+        longest = self._longest_idle()
+        if self._reclaim_timer is not None or longest is None:
             return
-        idle_since = next(iter(self.idle.values()))
-        delay = max(0.0, idle_since + RECLAIM_MIN_IDLE - self.loop.now)
+        delay = max(0.0, longest[1] + RECLAIM_MIN_IDLE - self.loop.now)
         self._reclaim_timer = self.loop.call_later(delay, self._reclaim_timer_fired)
 
     def _reclaim_timer_fired(self) -> None:
@@ -360,6 +367,10 @@ class Server:
         if not self.backend.can_watch(sock.fileno()):
             self._refuse_unwatchable(sock)
             return
+        if type(peer) is tuple:
+            # One string per client host, not per connection: clients (and balancers)
+            # open many each, and an idle connection keeps its peer (64 B less each).
+            peer = (sys.intern(peer[0]), *peer[1:])
         try:
             if tls is None:
                 conn = Connection(
@@ -453,7 +464,6 @@ class Server:
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         self.connections.discard(conn)
-        self.idle.pop(conn, None)
         if self._shared is not None:
             self._publish_load()
         self.closed[reason] += 1
@@ -558,7 +568,7 @@ class Server:
             counts.update(self.metrics.counts())
         gauges = {
             "connections_open": len(live),
-            "connections_idle": len(self.idle),
+            "connections_idle": len(self.context.fresh) + len(self.context.kept_alive),
             "connection_limit": self.limit,
         }
         return {"counts": counts, "gauges": gauges}

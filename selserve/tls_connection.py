@@ -5,8 +5,10 @@
 plain connection's work, and nothing to the plain path:
 
 - a HANDSHAKE state, driven by readiness in whichever direction OpenSSL asks,
-  with its own deadline (--handshake-timeout); then the request head has
-  --header-timeout, as on a new plain connection;
+  with its own deadline (--handshake-timeout); meanwhile it stays among the new
+  idle connections (reclaimable at the cap), so --header-timeout from accept
+  bounds the handshake too, as nginx's client_header_timeout does; then the
+  request head has --header-timeout, as on a new plain connection;
 - the crossed waits: a read that wanted to write is retried when the socket is
   writable, a write that wanted to read when it is readable;
 - plain HTTP sent to the TLS port is answered with a plaintext 400 saying so,
@@ -29,7 +31,7 @@ from .backends import READABLE, WRITABLE
 from .connection import Connection
 from .http import response as wire
 from .http.exchange import SENDING
-from .reasons import CLOSED_IO, HEADER_TIMEOUT, OPEN, PREAMBLE, RECV_ERROR, SEND_ERROR
+from .reasons import CLOSED_IO, OPEN, PREAMBLE, RECV_ERROR, SEND_ERROR
 from .tls import ServerTLS, subject_name, with_client_cert
 
 HANDSHAKE = "handshake"  # io_state: the TLS handshake is under way
@@ -144,7 +146,7 @@ class TLSConnection(Connection):
             if subject is not None:
                 request_class = with_client_cert(request_class, subject)
         self.exchange.use_request_class(request_class)
-        self._arm(self.context.header_timeout, HEADER_TIMEOUT)
+        self.wait_as_new()
         self._watch(READABLE)
         Connection.on_readable(self)  # (the first request may have come with the Finished)
         self._follow_crossed_waits()

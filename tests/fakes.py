@@ -28,8 +28,11 @@ class FakeLoop:
         self.log: list[str] = []
         self.modifies = 0
 
+    def call_at(self, when, callback):
+        return FakeTimer(self, when, callback)
+
     def call_later(self, delay, callback):
-        return FakeTimer(self, self.now + delay, callback)
+        return self.call_at(self.now + delay, callback)
 
     def watch(self, fd, handler, events):
         self.watched[fd] = events

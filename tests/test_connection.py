@@ -93,7 +93,9 @@ def test_a_keep_alive_hello_is_answered_with_one_send():
 def test_after_a_keep_alive_answer_the_connection_waits_idle_for_the_next_request():
     h = Harness()
     h.send(HELLO)
-    assert h.conn in h.context.idle and h.conn.timeout_reason is KEEPALIVE_TIMEOUT
+    assert h.conn in h.context.kept_alive and h.conn.timeout_reason is KEEPALIVE_TIMEOUT
+    # Timed by the queue, with no timer of its own (loop.DeadlineQueue).
+    assert h.conn.timer is None and h.conn.deadline == h.loop.now + 5.0
     assert h.loop.watched == {7: READABLE} and h.loop.modifies == 0
 
 
@@ -114,6 +116,26 @@ def test_an_answer_the_socket_does_not_take_at_once_waits_for_writability():
     h.transport.window = None
     h.conn.on_writable()
     assert h.answers()[0].endswith(b"hello") and h.loop.watched[7] == READABLE
+
+
+def test_an_idle_connection_lends_its_parser_out_and_takes_one_for_the_next_request():
+    h = Harness()
+    assert h.conn.exchange.parser is None  # (a new connection: taken with the first bytes)
+    h.send(HELLO)
+    spares = h.context.settings.spare_parsers
+    assert h.conn.exchange.parser is None and len(spares) == 1
+    h.send(HELLO)
+    assert len(h.answers()) == 2 and len(spares) == 1
+
+
+def test_a_client_that_closes_while_its_answer_is_blocked_is_closed_and_lends_nothing():
+    h = Harness(window=10)
+    h.send(HELLO)
+    h.send(b"")  # it half-closes, its answer not yet out
+    h.transport.window = None
+    h.conn.on_writable()
+    assert h.answers()[0].endswith(b"hello") and h.closed == [PEER_CLOSED]
+    assert h.context.settings.spare_parsers == []  # (a parser past EOF is nobody's spare)
 
 
 def test_a_streamed_body_is_pulled_only_up_to_high_water_while_the_client_reads_nothing():
@@ -162,11 +184,53 @@ def test_a_failing_access_log_still_frees_the_slot():
 def test_a_head_that_does_not_complete_runs_the_header_timeout_from_its_first_byte():
     h = Harness()
     h.send(HELLO)  # keep-alive: the idle timer runs
+    h.loop.now += 2
     h.send(b"GET / HTTP/1.1\r\n")
-    first = h.conn.timer.when
+    first = h.conn.deadline
+    assert first == h.loop.now + 10.0 and h.conn not in h.context.kept_alive
     h.loop.now += 1
     h.send(b"Host: t\r\n")  # trickled bytes do not push it back
-    assert h.conn.timeout_reason is HEADER_TIMEOUT and h.conn.timer.when == first
+    assert h.conn.timeout_reason is HEADER_TIMEOUT and h.conn.deadline == first
+
+
+def test_a_new_connection_waits_idle_and_its_head_has_the_header_timeout_from_accept():
+    h = Harness()
+    accepted = h.loop.now
+    assert h.conn in h.context.fresh and h.conn.timer is None
+    assert h.conn.deadline == accepted + 10.0
+    h.loop.now += 4
+    h.send(b"GET / HTTP/1.1\r\n")  # the first bytes, 4 s after accept
+    assert h.conn not in h.context.fresh and h.conn.timeout_reason is HEADER_TIMEOUT
+    assert h.conn.deadline == accepted + 10.0
+    h.send(b"Host: t\r\n\r\n")
+    assert h.answers()[0].endswith(b"hello") and h.conn in h.context.kept_alive
+
+
+def test_a_new_connection_that_sends_nothing_is_closed_by_its_queue():
+    h = Harness()
+    h.context.fresh._expire()  # (the queue's timer, early: nothing is due yet)
+    assert not h.closed and h.conn in h.context.fresh
+    h.loop.now += 10.0
+    h.context.fresh._expire()
+    assert h.closed == [HEADER_TIMEOUT] and h.transport.sent == b""
+    assert h.conn not in h.context.fresh
+
+
+def test_a_kept_alive_connection_is_closed_by_its_queue_without_an_answer():
+    h = Harness()
+    h.send(HELLO)
+    sent = bytes(h.transport.sent)
+    h.loop.now += 5.0
+    h.context.kept_alive._expire()
+    assert h.closed == [KEEPALIVE_TIMEOUT] and bytes(h.transport.sent) == sent
+
+
+def test_an_empty_line_on_an_idle_connection_still_leaves_it_a_deadline():
+    # (RFC 9112 2.2: a server should ignore an empty line before a request line.)
+    h = Harness()
+    h.send(HELLO)
+    h.send(b"\r\n")
+    assert h.conn.deadline is not None and h.conn.timeout_reason is HEADER_TIMEOUT
 
 
 def test_the_header_timeout_answers_408_and_closes():
@@ -267,12 +331,12 @@ def test_while_a_worker_has_the_request_the_socket_stays_watched_and_the_timer_s
     h, pool = pooled_harness()
     h.send(HELLO)
     assert len(pool.jobs) == 1 and h.transport.sent == b""
-    assert h.loop.watched == {7: READABLE} and not h.conn.timer.active
+    assert h.loop.watched == {7: READABLE} and h.conn.deadline is None
     pool.run_next()
     assert h.answers()[0].endswith(b"hello")
     # Not unwatched and watched again per request: one watch at accept, that is all.
     assert h.loop.log == [f"watch {READABLE}"] and h.loop.modifies == 0
-    assert h.conn.timeout_reason is KEEPALIVE_TIMEOUT and h.conn.timer.active
+    assert h.conn.timeout_reason is KEEPALIVE_TIMEOUT and h.conn in h.context.kept_alive
 
 
 def test_input_while_a_worker_has_the_request_waits_for_its_answer():

@@ -31,6 +31,7 @@ from selserve.http.exchange import (
     READY,
     REFUSED,
     SENDING,
+    SPARE_PARSERS_MAX,
     TRANSITIONS,
     ExchangeError,
     ExchangeSettings,
@@ -297,6 +298,93 @@ def test_heads_are_parsed_as_the_request_class_the_driver_gives():
     exchange.receive(GET)
     exchange.next_event()
     assert type(exchange.request) is Request
+
+
+# --- at rest between requests: the parser lent out ---------------------------------------
+
+
+def test_an_exchange_at_rest_lends_its_parser_and_takes_one_back_when_bytes_come():
+    exchange = answered(GET)
+    exchange.response_sent()
+    parser = exchange.parser
+    exchange.rest()
+    assert exchange.parser is None and exchange.settings.spare_parsers == [parser]
+    assert exchange.next_event() is NEED_DATA and not exchange.head_started
+    exchange.receive(GET)
+    assert exchange.parser is parser and exchange.settings.spare_parsers == []
+    assert exchange.next_event() is READY and exchange.request.path == "/"
+
+
+def test_a_lent_parser_serves_another_exchange_as_good_as_new():
+    first = answered(POST)
+    first.response_sent()
+    first.rest()
+    second = ServerExchange(first.settings, request_class=Request, peer=PEER, local=LOCAL)
+    second.receive(GET.replace(b"GET / ", b"GET /other "))
+    assert second.parser is not None and first.settings.spare_parsers == []
+    assert second.next_event() is READY and second.request.path == "/other"
+
+
+@pytest.mark.parametrize(
+    "after", [b"GET / HT", b"\r\n", None], ids=["part-of-a-head", "an-empty-line", "eof"]
+)
+def test_an_exchange_with_input_or_eof_pending_keeps_its_parser(after):
+    exchange = answered(GET)
+    exchange.response_sent()
+    if after is None:
+        exchange.receive_eof()
+    else:
+        exchange.receive(after)
+        exchange.next_event()
+    parser = exchange.parser
+    exchange.rest()
+    assert exchange.parser is parser and exchange.settings.spare_parsers == []
+
+
+def test_an_exchange_not_idle_keeps_its_parser():
+    exchange = ready(GET)
+    exchange.rest()
+    assert exchange.parser is not None and exchange.settings.spare_parsers == []
+
+
+def test_eof_at_rest_closes_as_before():
+    exchange = answered(GET)
+    exchange.response_sent()
+    exchange.rest()
+    exchange.receive_eof()
+    assert exchange.next_event() is CLOSED
+
+
+def test_an_exchange_closed_after_its_last_answer_lends_its_parser():
+    exchange = answered(GET, headers=[("Connection", "close")])
+    assert exchange.response_sent() is False
+    parser = exchange.parser
+    exchange.close()
+    assert exchange.parser is None and exchange.settings.spare_parsers == [parser]
+
+
+def test_an_exchange_closed_in_the_middle_of_a_request_lends_nothing():
+    exchange = make()
+    exchange.receive(POST[:-2])
+    settle(exchange)  # (its body is being read)
+    exchange.close()
+    assert exchange.parser is not None and exchange.settings.spare_parsers == []
+
+
+def test_the_spare_parsers_are_bounded():
+    settings_ = make().settings
+    resting = []
+    for _ in range(SPARE_PARSERS_MAX + 10):
+        exchange = ServerExchange(settings_, request_class=Request, peer=PEER, local=LOCAL)
+        exchange.receive(GET)
+        exchange.next_event()
+        exchange.respond(200, [], 0, b"")
+        exchange.response_sent()
+        resting.append(exchange)
+    for exchange in resting:
+        exchange.rest()
+    assert all(exchange.parser is None for exchange in resting)
+    assert len(settings_.spare_parsers) == SPARE_PARSERS_MAX
 
 
 # --- a bodiless GET -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from selserve import backends
 from selserve.backends import READABLE, WRITABLE
-from selserve.loop import EventLoop
+from selserve.loop import DeadlineQueue, EventLoop
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -205,6 +205,66 @@ def test_cancelled_timers_far_in_the_future_are_compacted_away(loop):
     for _ in range(5000):
         loop.call_later(3600, lambda: None).cancel()
     assert len(loop._timers) <= 513
+
+
+class Member:
+    """A deadline queue's member: notes when it fell due (or failed to)."""
+
+    def __init__(self, loop, name, fired, fail=False):
+        self.loop, self.name, self.fired, self.fail = loop, name, fired, fail
+
+    def on_timeout(self):
+        self.fired.append((self.name, self.loop.now))
+        if self.fail:
+            raise RuntimeError("a member's own bug")
+
+    def on_error(self, exc):
+        self.fired.append((self.name, "on_error"))
+
+
+def test_deadline_queue_members_fall_due_in_order_each_delay_after_joining(loop):
+    fired = []
+    queue = DeadlineQueue(loop, 0.05)
+    timers_before = loop._live_timers
+    first = [Member(loop, f"a{i}", fired) for i in range(1000)]
+    for member in first:
+        queue.add(member)
+    joined_a = loop.now
+    assert loop._live_timers == timers_before + 1  # one timer for a thousand members
+    late = Member(loop, "b", fired)
+    loop.call_later(0.03, lambda: queue.add(late))
+    loop.call_later(0.2, loop.stop)
+    loop.run()
+    assert [name for name, _ in fired] == [m.name for m in first] + ["b"]
+    assert all(when >= joined_a + 0.05 for _, when in fired)
+    assert fired[-1][1] >= joined_a + 0.03 + 0.05 and not queue
+
+
+def test_deadline_queue_member_that_leaves_or_joins_again_is_timed_accordingly(loop):
+    fired = []
+    queue = DeadlineQueue(loop, 0.05)
+    gone, again, stays = (Member(loop, name, fired) for name in ("gone", "again", "stays"))
+    for member in (gone, again, stays):
+        queue.add(member)
+    start = loop.now
+    assert queue.leave(gone) == start and queue.leave(gone) is None
+    loop.call_later(0.03, lambda: queue.add(again))  # due 0.05 from then, after `stays`
+    loop.call_later(0.2, loop.stop)
+    loop.run()
+    assert [name for name, _ in fired] == ["stays", "again"]
+    assert fired[1][1] >= start + 0.08
+
+
+def test_deadline_queue_member_that_raises_is_closed_and_the_others_still_fall_due(loop, caplog):
+    fired = []
+    queue = DeadlineQueue(loop, 0.01)
+    for member in (Member(loop, "a", fired), Member(loop, "bad", fired, fail=True)):
+        queue.add(member)
+    queue.add(Member(loop, "c", fired))
+    loop.call_later(0.1, loop.stop)
+    loop.run()
+    assert [entry[0] for entry in fired] == ["a", "bad", "bad", "c"]
+    assert fired[2] == ("bad", "on_error") and "unhandled error" in caplog.text
 
 
 @pytest.mark.parametrize("name", backends.available())

@@ -1724,3 +1724,55 @@ def test_the_parser_holds_no_more_than_its_limits_plus_the_last_feed(pieces, cut
         except HTTPError:
             return
         assert parser.buffered <= bound + len(piece)
+
+
+# --- recycling between requests (an idle exchange lends its parser out) -------------------
+
+GET_ = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+POST_ = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+
+
+def test_a_recycled_parser_parses_like_a_new_one():
+    parser = RequestParser()
+    parser.feed(GET_)
+    drain(parser)  # the request, then NEED_DATA (PAUSED answered)
+    assert parser.recycle() is True
+    assert parser._buf == b""  # (the last request's bytes are let go)
+    fresh = RequestParser()
+    for p in (parser, fresh):
+        p.feed(POST_)
+    assert [repr(e) for e in drain(parser)] == [repr(e) for e in drain(fresh)]
+
+
+@pytest.mark.parametrize(
+    "pieces, eof",
+    [
+        ([b"GET /a HT"], False),  # part of a head
+        ([b"\r\n"], False),  # an empty line before a request line
+        ([POST_[:-2]], False),  # part of a body
+        ([GET_], True),  # the client has closed
+        ([b"BAD\r\n\r\n"], False),  # a refused request
+    ],
+    ids=["head", "empty-line", "body", "eof", "error"],
+)
+def test_a_parser_with_anything_pending_does_not_recycle(pieces, eof):
+    parser = RequestParser()
+    for piece in pieces:
+        parser.feed(piece)
+    if eof:
+        parser.feed_eof()
+    try:
+        drain(parser)
+    except HTTPError:
+        pass
+    state = (parser._buf, parser._pos, parser._state, parser._skipped)
+    assert parser.recycle() is False
+    assert (parser._buf, parser._pos, parser._state, parser._skipped) == state
+
+
+def test_a_parser_paused_after_a_request_does_not_recycle():
+    parser = RequestParser()
+    parser.feed(GET_)
+    assert isinstance(parser.next_event(), Request)
+    parser.next_event()  # EndOfMessage: PAUSED until start_next_request()
+    assert parser.recycle() is False

@@ -124,7 +124,7 @@ class Harness:
 def test_the_handshake_follows_what_openssl_waits_for_then_serves_https():
     h = Harness("write", "read", None)
     assert h.conn.idle  # (a handshake under way: closed at once at shutdown)
-    assert h.conn.timer.when == h.loop.now + 3.0  # the handshake's own deadline
+    assert h.conn.deadline == h.loop.now + 3.0  # the handshake's own deadline
     h.conn.on_readable()  # OpenSSL wants to write first
     assert h.watching == WRITABLE
     h.conn.on_writable()  # ... then to read
@@ -137,10 +137,12 @@ def test_the_handshake_follows_what_openssl_waits_for_then_serves_https():
 
 
 def test_after_the_handshake_the_head_has_the_header_timeout():
-    h = Harness(None)
+    h = Harness("read", None)
     h.conn.on_readable()
+    h.loop.now += 1.0
+    h.conn.on_readable()  # the handshake ends a second after accept
     assert h.conn.timeout_reason is HEADER_TIMEOUT
-    assert h.conn.timer.when == h.loop.now + 7.0
+    assert h.conn.deadline == h.loop.now + 7.0 and h.conn in h.context.fresh
 
 
 def test_a_handshake_that_never_ends_is_closed_as_such():

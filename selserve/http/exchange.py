@@ -21,6 +21,7 @@ driver, never a silent wrong answer.
     respond(status, headers, ...)     bytes of the head (and a body known in full)
     writer.frame(piece) / finish_body()   bytes of a streamed body, framed
     response_sent()                   the answer is out: keep the connection, or not
+    rest() / wake()                   idle between requests: lend the parser out, take one
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ class ExchangeError(RuntimeError):
 
 
 class ExchangeSettings:
-    """What every exchange of a server shares: limits, the body spill, and the lines
+    """What every exchange of a server shares: limits, the body spill, the lines
     every answer carries (the server refreshes `fixed` and `date` once a second and
-    clears `keep_alive` when it begins to stop)."""
+    clears `keep_alive` when it begins to stop), and the parsers idle exchanges lent
+    out (`ServerExchange.rest`)."""
 
     __slots__ = (
         "parser_limits",
+        "spare_parsers",
         "spill_threshold",
         "open_spill_file",
         "fixed",
@@ -122,11 +125,17 @@ class ExchangeSettings:
             "max_headers": max_headers,
             "max_body_size": max_body_size,
         }
+        self.spare_parsers: list[RequestParser] = []  # at most SPARE_PARSERS_MAX
         self.spill_threshold = spill_threshold
         self.open_spill_file = open_spill_file
         self.fixed = fixed  # pre-encoded Date and Server lines
         self.date = date  # the Date line alone (for an app that names its own Server)
         self.keep_alive = True  # False: every answer closes its connection (stopping)
+
+
+# Parsers kept for exchanges that wake: as many as were busy at once, recently, is
+# enough; the rest of a burst's are freed.
+SPARE_PARSERS_MAX = 256
 
 
 # -- body writers: one per framing, each enforcing it (h11's _writers.py) -------------
@@ -237,7 +246,7 @@ class ServerExchange:
         # with `arrived(body, peer, local)` (selserve.app.Request), so that the request
         # an application gets is the parsed head itself, never a copy.
         self.settings = settings
-        self.parser = RequestParser(**settings.parser_limits, request_class=request_class)
+        self.parser: RequestParser | None = None  # taken when the first bytes come (wake)
         self._request_class = request_class
         self.peer = peer
         self.local = local
@@ -257,7 +266,28 @@ class ServerExchange:
     def use_request_class(self, request_class: type[Request]) -> None:
         """Parse the heads from now on as `request_class` (a TLS connection's, once its
         handshake tells whether it is https and whose client certificate it has)."""
-        self.parser._request_class = self._request_class = request_class
+        self._request_class = request_class
+        if self.parser is not None:
+            self.parser._request_class = request_class
+
+    def rest(self) -> None:
+        """Between requests with nothing of the next one here: lend the parser to the
+        spares every exchange of these settings shares, so that an idle connection
+        holds none (168 B each).  Any call that takes bytes wakes the exchange."""
+        if self.state is IDLE:
+            self._lend_parser()
+
+    def wake(self) -> None:
+        """Bytes of a request come: take a parser (a spare, or a new one)."""
+        if self.parser is None:
+            spares = self.settings.spare_parsers
+            if spares:
+                parser = self.parser = spares.pop()
+                parser._request_class = self._request_class
+            else:
+                self.parser = RequestParser(
+                    **self.settings.parser_limits, request_class=self._request_class
+                )
 
     # -- bytes in ---------------------------------------------------------------
 
@@ -265,11 +295,13 @@ class ServerExchange:
         """Bytes from the client.  (A driver on a hot path may call `parser.feed(data)`
         itself, as the connection does: this frame costs more than the parser's work on
         a small request, and a bound method kept per exchange would cost 64 bytes for
-        every idle connection.)"""
+        every idle connection; it must wake() the exchange first.)"""
+        self.wake()
         self.parser.feed(data)
 
     def receive_eof(self) -> None:
         """The client will send no more (it closed or half-closed its side)."""
+        self.wake()
         self.parser.feed_eof()
 
     def next_event(self):
@@ -281,6 +313,8 @@ class ServerExchange:
         if state is not IDLE and state is not BODY:  # (IDLE: one comparison)
             return NEED_DATA
         parser = self.parser
+        if parser is None:  # resting: nothing came since
+            return NEED_DATA
         try:
             while True:
                 event = parser.next_event()
@@ -313,7 +347,7 @@ class ServerExchange:
     @property
     def head_started(self) -> bool:
         """Bytes of the next request have arrived, and it is not complete."""
-        return self.state is IDLE and self.parser.buffered > 0
+        return self.state is IDLE and self.parser is not None and self.parser.buffered > 0
 
     def read_body(self) -> bytes:
         """After HEAD: read the body.  Returns the interim answer to send first
@@ -434,6 +468,20 @@ class ServerExchange:
         self.state = CLOSED_STATE
         if self.body is not None:
             self.body.discard()
+        # After a last answer its parser can serve another connection: a new connection
+        # per request (`Connection: close`) then makes no parser.
+        self._lend_parser()
+
+    def _lend_parser(self) -> None:
+        parser = self.parser
+        if parser is None:
+            return
+        parser.start_next_request()  # (after a last answer; a no-op after keep-alive)
+        if parser.recycle():  # (not if anything of another request came, or EOF)
+            self.parser = None
+            spares = self.settings.spare_parsers
+            if len(spares) < SPARE_PARSERS_MAX:
+                spares.append(parser)
 
     # -- the table ----------------------------------------------------------------
 
