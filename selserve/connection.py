@@ -318,13 +318,14 @@ class Connection(Responder, ProxyPreamble):
             return
         if self.watching != READABLE:
             self._watch(READABLE)
-        if exchange.parser.buffered:  # a pipelined request is already arriving
+        parser = exchange.parser  # (None: lent out, nothing of another request here)
+        if parser is not None and parser.buffered:  # a pipelined request is arriving
             self._arm(context.header_timeout, HEADER_TIMEOUT)
         else:  # (KEEPALIVE_TIMEOUT is how _advance knows nothing more is here)
-            self._disarm()
+            if self.timer is not None:
+                self._disarm()
             self.timeout_reason = KEEPALIVE_TIMEOUT
             context.kept_alive.add(self)
-            exchange.rest()  # (its parser goes to the spares: 168 B less while idle)
             if not context.accepting:
                 context.became_idle()  # a client may be waiting at the cap
 
@@ -439,6 +440,7 @@ class Connection(Responder, ProxyPreamble):
         header_timeout from now (after a TLS handshake, say)."""
         self._disarm()
         self.timeout_reason = HEADER_TIMEOUT
+        self.context.fresh.leave(self)
         self.context.fresh.add(self)
 
     @property

@@ -90,7 +90,8 @@ class DeadlineQueue:
         self._loop = loop
         self.delay = delay
         self.members: dict[Any, float] = {}  # member -> loop time it joined, oldest first
-        self._timer: Timer | None = None
+        self._timer = loop.call_later(delay, self._expire)  # armed while there are members
+        self._timer.cancel()
 
     def __len__(self) -> int:
         return len(self.members)
@@ -99,16 +100,12 @@ class DeadlineQueue:
         return member in self.members
 
     def add(self, member: Any) -> None:
-        """Join (again) now: due `delay` from now."""
-        members = self.members
-        members.pop(member, None)  # (a dict keeps a re-assigned key in its old place)
+        """Join now, due `delay` from now.  Not a member already: a dict keeps a key
+        assigned again in its old place (leave first)."""
         now = self._loop.now
-        members[member] = now
-        timer = self._timer
-        if timer is None:
-            self._timer = self._loop.call_at(now + self.delay, self._expire)
-        elif not timer.active:
-            timer.reschedule(now + self.delay)
+        self.members[member] = now
+        if not self._timer.active:
+            self._timer.reschedule(now + self.delay)
 
     def leave(self, member: Any) -> float | None:
         """Leave without falling due; the loop time `member` joined, None if it was

@@ -300,14 +300,13 @@ def test_heads_are_parsed_as_the_request_class_the_driver_gives():
     assert type(exchange.request) is Request
 
 
-# --- at rest between requests: the parser lent out ---------------------------------------
+# --- idle between requests: the parser lent out ------------------------------------------
 
 
-def test_an_exchange_at_rest_lends_its_parser_and_takes_one_back_when_bytes_come():
+def test_an_idle_exchange_lends_its_parser_and_takes_one_back_when_bytes_come():
     exchange = answered(GET)
-    exchange.response_sent()
     parser = exchange.parser
-    exchange.rest()
+    assert exchange.response_sent() is True
     assert exchange.parser is None and exchange.settings.spare_parsers == [parser]
     assert exchange.next_event() is NEED_DATA and not exchange.head_started
     exchange.receive(GET)
@@ -318,7 +317,6 @@ def test_an_exchange_at_rest_lends_its_parser_and_takes_one_back_when_bytes_come
 def test_a_lent_parser_serves_another_exchange_as_good_as_new():
     first = answered(POST)
     first.response_sent()
-    first.rest()
     second = ServerExchange(first.settings, request_class=Request, peer=PEER, local=LOCAL)
     second.receive(GET.replace(b"GET / ", b"GET /other "))
     assert second.parser is not None and first.settings.spare_parsers == []
@@ -330,29 +328,35 @@ def test_a_lent_parser_serves_another_exchange_as_good_as_new():
 )
 def test_an_exchange_with_input_or_eof_pending_keeps_its_parser(after):
     exchange = answered(GET)
-    exchange.response_sent()
     if after is None:
         exchange.receive_eof()
     else:
-        exchange.receive(after)
-        exchange.next_event()
+        exchange.receive(after)  # (while the answer goes out)
     parser = exchange.parser
-    exchange.rest()
+    exchange.response_sent()
     assert exchange.parser is parser and exchange.settings.spare_parsers == []
 
 
-def test_an_exchange_not_idle_keeps_its_parser():
-    exchange = ready(GET)
-    exchange.rest()
-    assert exchange.parser is not None and exchange.settings.spare_parsers == []
-
-
-def test_eof_at_rest_closes_as_before():
+def test_eof_on_an_idle_exchange_closes_as_before():
     exchange = answered(GET)
     exchange.response_sent()
-    exchange.rest()
     exchange.receive_eof()
     assert exchange.next_event() is CLOSED
+
+
+def test_the_spare_parsers_are_bounded():
+    settings_ = make().settings
+    busy = []
+    for _ in range(SPARE_PARSERS_MAX + 10):  # all at once: each takes a parser of its own
+        exchange = ServerExchange(settings_, request_class=Request, peer=PEER, local=LOCAL)
+        exchange.receive(GET)
+        exchange.next_event()
+        busy.append(exchange)
+    for exchange in busy:
+        exchange.respond(200, [], 0, b"")
+        exchange.response_sent()
+    assert all(exchange.parser is None for exchange in busy)
+    assert len(settings_.spare_parsers) == SPARE_PARSERS_MAX
 
 
 def test_an_exchange_closed_after_its_last_answer_lends_its_parser():
@@ -369,22 +373,6 @@ def test_an_exchange_closed_in_the_middle_of_a_request_lends_nothing():
     settle(exchange)  # (its body is being read)
     exchange.close()
     assert exchange.parser is not None and exchange.settings.spare_parsers == []
-
-
-def test_the_spare_parsers_are_bounded():
-    settings_ = make().settings
-    resting = []
-    for _ in range(SPARE_PARSERS_MAX + 10):
-        exchange = ServerExchange(settings_, request_class=Request, peer=PEER, local=LOCAL)
-        exchange.receive(GET)
-        exchange.next_event()
-        exchange.respond(200, [], 0, b"")
-        exchange.response_sent()
-        resting.append(exchange)
-    for exchange in resting:
-        exchange.rest()
-    assert all(exchange.parser is None for exchange in resting)
-    assert len(settings_.spare_parsers) == SPARE_PARSERS_MAX
 
 
 # --- a bodiless GET -----------------------------------------------------------------------

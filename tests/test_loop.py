@@ -248,7 +248,12 @@ def test_deadline_queue_member_that_leaves_or_joins_again_is_timed_accordingly(l
         queue.add(member)
     start = loop.now
     assert queue.leave(gone) == start and queue.leave(gone) is None
-    loop.call_later(0.03, lambda: queue.add(again))  # due 0.05 from then, after `stays`
+
+    def join_again():  # due 0.05 from now, after `stays`
+        queue.leave(again)
+        queue.add(again)
+
+    loop.call_later(0.03, join_again)
     loop.call_later(0.2, loop.stop)
     loop.run()
     assert [name for name, _ in fired] == ["stays", "again"]

@@ -1726,18 +1726,25 @@ def test_the_parser_holds_no_more_than_its_limits_plus_the_last_feed(pieces, cut
         assert parser.buffered <= bound + len(piece)
 
 
-# --- recycling between requests (an idle exchange lends its parser out) -------------------
+# --- between requests: a parser as good as new (an idle exchange lends it out) -----------
 
 GET_ = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
 POST_ = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
 
 
-def test_a_recycled_parser_parses_like_a_new_one():
+def until_paused(parser: RequestParser) -> list:
+    events = []
+    while (event := parser.next_event()) is not PAUSED:
+        events.append(event)
+        assert event is not NEED_DATA and len(events) < MAX_STEPS
+    return events
+
+
+def test_after_a_request_with_nothing_more_the_parser_parses_like_a_new_one():
     parser = RequestParser()
     parser.feed(GET_)
-    drain(parser)  # the request, then NEED_DATA (PAUSED answered)
-    assert parser.recycle() is True
-    assert parser._buf == b""  # (the last request's bytes are let go)
+    until_paused(parser)
+    assert parser.start_next_request() is True
     fresh = RequestParser()
     for p in (parser, fresh):
         p.feed(POST_)
@@ -1745,34 +1752,39 @@ def test_a_recycled_parser_parses_like_a_new_one():
 
 
 @pytest.mark.parametrize(
-    "pieces, eof",
-    [
-        ([b"GET /a HT"], False),  # part of a head
-        ([b"\r\n"], False),  # an empty line before a request line
-        ([POST_[:-2]], False),  # part of a body
-        ([GET_], True),  # the client has closed
-        ([b"BAD\r\n\r\n"], False),  # a refused request
-    ],
-    ids=["head", "empty-line", "body", "eof", "error"],
+    "after, eof",
+    [(b"GET /a HT", False), (b"\r\n", False), (b"", True)],
+    ids=["part-of-a-head", "an-empty-line", "eof"],
 )
-def test_a_parser_with_anything_pending_does_not_recycle(pieces, eof):
+def test_after_a_request_anything_of_another_is_reported(after, eof):
+    parser = RequestParser()
+    parser.feed(GET_ + after)
+    if eof:
+        parser.feed_eof()
+    until_paused(parser)
+    assert parser.start_next_request() is False
+    assert parser.buffered == len(after)
+
+
+def test_an_empty_line_already_skipped_is_something_of_another_request():
+    parser = RequestParser()
+    parser.feed(GET_)
+    until_paused(parser)
+    parser.start_next_request()
+    parser.feed(b"\r\n")
+    assert parser.next_event() is NEED_DATA and parser.buffered == 0
+    assert parser.start_next_request() is False
+
+
+@pytest.mark.parametrize("pieces", [[POST_[:-2]], [b"BAD\r\n\r\n"]], ids=["in-a-body", "refused"])
+def test_outside_a_request_boundary_start_next_request_changes_nothing(pieces):
     parser = RequestParser()
     for piece in pieces:
         parser.feed(piece)
-    if eof:
-        parser.feed_eof()
     try:
         drain(parser)
     except HTTPError:
         pass
-    state = (parser._buf, parser._pos, parser._state, parser._skipped)
-    assert parser.recycle() is False
-    assert (parser._buf, parser._pos, parser._state, parser._skipped) == state
-
-
-def test_a_parser_paused_after_a_request_does_not_recycle():
-    parser = RequestParser()
-    parser.feed(GET_)
-    assert isinstance(parser.next_event(), Request)
-    parser.next_event()  # EndOfMessage: PAUSED until start_next_request()
-    assert parser.recycle() is False
+    state = (parser._buf, parser._pos, parser._state)
+    assert parser.start_next_request() is False
+    assert (parser._buf, parser._pos, parser._state) == state

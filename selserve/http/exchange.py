@@ -20,8 +20,8 @@ driver, never a silent wrong answer.
     read_body()                       after HEAD: read it (bytes of 100 Continue to send, maybe)
     respond(status, headers, ...)     bytes of the head (and a body known in full)
     writer.frame(piece) / finish_body()   bytes of a streamed body, framed
-    response_sent()                   the answer is out: keep the connection, or not
-    rest() / wake()                   idle between requests: lend the parser out, take one
+    response_sent()                   the answer is out: keep the connection (idle), or not
+    wake()                            bytes come: take a parser (idle, it lent its own out)
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class ExchangeSettings:
     """What every exchange of a server shares: limits, the body spill, the lines
     every answer carries (the server refreshes `fixed` and `date` once a second and
     clears `keep_alive` when it begins to stop), and the parsers idle exchanges lent
-    out (`ServerExchange.rest`)."""
+    out (`ServerExchange._lend_parser`)."""
 
     __slots__ = (
         "parser_limits",
@@ -270,15 +270,9 @@ class ServerExchange:
         if self.parser is not None:
             self.parser._request_class = request_class
 
-    def rest(self) -> None:
-        """Between requests with nothing of the next one here: lend the parser to the
-        spares every exchange of these settings shares, so that an idle connection
-        holds none (168 B each).  Any call that takes bytes wakes the exchange."""
-        if self.state is IDLE:
-            self._lend_parser()
-
     def wake(self) -> None:
-        """Bytes of a request come: take a parser (a spare, or a new one)."""
+        """Bytes of a request come: take a parser (a spare, or a new one).  (An idle
+        exchange lent its own out: see _lend_parser.)"""
         if self.parser is None:
             spares = self.settings.spare_parsers
             if spares:
@@ -456,7 +450,8 @@ class ServerExchange:
         self.request = None
         if self.keep_alive and self.settings.keep_alive:
             self.state = _AFTER_KEEP_ALIVE
-            self.parser.start_next_request()
+            if self.parser.start_next_request():  # nothing of the next request yet
+                self._lend_parser()
             return True
         self.state = _AFTER_CLOSE
         if self.parser.buffered:
@@ -470,18 +465,17 @@ class ServerExchange:
             self.body.discard()
         # After a last answer its parser can serve another connection: a new connection
         # per request (`Connection: close`) then makes no parser.
-        self._lend_parser()
+        if self.parser is not None and self.parser.start_next_request():
+            self._lend_parser()
 
     def _lend_parser(self) -> None:
-        parser = self.parser
-        if parser is None:
-            return
-        parser.start_next_request()  # (after a last answer; a no-op after keep-alive)
-        if parser.recycle():  # (not if anything of another request came, or EOF)
-            self.parser = None
-            spares = self.settings.spare_parsers
-            if len(spares) < SPARE_PARSERS_MAX:
-                spares.append(parser)
+        """Idle, or closed, with nothing of another request here: the parser goes to
+        the spares every exchange of these settings shares, so that an idle
+        connection holds none (168 B each); wake() takes one back."""
+        spares = self.settings.spare_parsers
+        if len(spares) < SPARE_PARSERS_MAX:
+            spares.append(self.parser)
+        self.parser = None
 
     # -- the table ----------------------------------------------------------------
 

@@ -317,25 +317,20 @@ class RequestParser:
         """Bytes received and not yet consumed by an event."""
         return len(self._buf) - self._pos
 
-    def recycle(self) -> bool:
-        """Between requests with nothing of the next one (not even an empty line), no
-        EOF and no error: let go of the input already consumed and be as good as new
-        (for another connection), True.  Else False, unchanged."""
-        if self._state != _HEAD or self._eof or self._pos < len(self._buf) or self._skipped:
-            return False
-        self._buf = b""
-        self._pos = 0
-        self._reset_message()
-        return True
-
-    def start_next_request(self) -> None:
+    def start_next_request(self) -> bool:
         """After EndOfMessage: allow the next (maybe already buffered) request to parse.
-
         A no-op in any other state, so a caller may call it defensively.
-        """
-        if self._state == _DONE:
+
+        True when nothing of another request has come (no byte, not even an empty
+        line, no EOF) at a request boundary: the parser is then as good as new and
+        may serve another connection."""
+        state = self._state
+        if state == _DONE:
             self._state = _HEAD
             self._reset_message()
+        elif state != _HEAD or self._skipped:
+            return False
+        return not self._eof and self._pos >= len(self._buf)
 
     # --- output -----------------------------------------------------------------------
 
