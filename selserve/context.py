@@ -3,10 +3,9 @@
 Connections never see the `Server`: they get this narrow object, which the
 server fills in and keeps current, with the settings their exchanges share,
 the dispatch that answers their requests, their timeouts and water marks, the
-two queues of idle connections (which time them out and are reclaimed at the
-cap), the counters, the
-observer of finished answers (access log, metrics) and three callbacks for what
-they report.  It holds data and does nothing: no I/O, no import of
+two queues of idle connections (which time them out, and whose members are
+reclaimed at the cap), the counters, the observer of finished answers (access
+log, metrics) and three callbacks for what they report.  It holds data and does nothing: no I/O, no import of
 connection.py or server.py.
 """
 

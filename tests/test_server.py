@@ -298,3 +298,23 @@ def test_a_listener_refusing_new_clients_still_hands_over_the_queued_ones():
         queued.close()
     finally:
         listener.close()
+
+
+def test_the_connection_reclaimed_at_the_cap_is_the_longest_idle_of_either_queue():
+    # New connections and kept-alive ones wait in two queues (context.py): the one to
+    # make room is the older of their two heads, once idle for RECLAIM_MIN_IDLE.
+    srv = Server(app, binds=["127.0.0.1:0"])
+    try:
+        new, kept, newer = object(), object(), object()
+        srv.context.fresh.members.update({new: 10.0, newer: 10.2})
+        srv.context.kept_alive.members[kept] = 9.8
+        srv.loop.now = 10.1
+        assert srv._longest_idle() == (kept, 9.8) and srv._reclaimable() is None  # too young
+        srv.loop.now = 10.4
+        assert srv._reclaimable() is kept
+        del srv.context.kept_alive.members[kept]
+        assert srv._reclaimable() is None  # `new` has been idle 0.4 s
+        srv.loop.now = 10.5
+        assert srv._reclaimable() is new
+    finally:
+        srv.loop.close()
