@@ -1,7 +1,7 @@
 """Fixtures and hooks for the black-box server tests: the `backend` parameter (every
 available backend), a default demo-app server per backend and module, a factory for
 servers with special flags, a raised open-file limit, the server's stderr attached to a
-failure report, and no server outliving the run.
+failure report, and no server outliving the run (even one ended by SIGTERM).
 
 Only fixtures and hooks live here; what they are built from (`ServerProcess`, `RawClient`,
 the request builders) is in tests/helpers.py, which test modules import directly.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import signal
 
 import pytest
 from helpers import BACKENDS, ServerProcess, _started, raise_nofile_limit
@@ -71,6 +72,18 @@ def pytest_runtest_makereport(item, call):
             if proc.proc is not None:
                 report.sections.append((f"selserve {proc.backend} {proc.bind}", proc.stderr_tail()))
     return report
+
+
+def pytest_configure(config):
+    """SIGTERM (a cancelled CI job, a developer's kill) would end Python at once, running
+    no `finally` and no fixture's teardown: the servers and load tools the tests started
+    would outlive the run.  Raised as KeyboardInterrupt, it unwinds through them as
+    Ctrl-C does, and pytest_sessionfinish stops the rest."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_sessionfinish(session, exitstatus):
