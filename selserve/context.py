@@ -5,8 +5,8 @@ server fills in and keeps current, with the settings their exchanges share,
 the dispatch that answers their requests, their timeouts and water marks, the
 two queues of idle connections (which time them out, and whose members are
 reclaimed at the cap), the counters, the observer of finished answers (access
-log, metrics) and three callbacks for what they report.  It holds data and does nothing: no I/O, no import of
-connection.py or server.py.
+log, metrics) and three callbacks for what they report.  It holds data and does
+nothing: no I/O, no import of connection.py or server.py.
 """
 
 from __future__ import annotations

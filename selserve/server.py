@@ -352,8 +352,10 @@ class Server:
 
     def _retry_when_reclaimable(self) -> None:
         """With accepting paused at the cap, look again once the oldest idle one is old enough."""
+        if self._reclaim_timer is not None:
+            return
         longest = self._longest_idle()
-        if self._reclaim_timer is not None or longest is None:
+        if longest is None:
             return
         delay = max(0.0, longest[1] + RECLAIM_MIN_IDLE - self.loop.now)
         self._reclaim_timer = self.loop.call_later(delay, self._reclaim_timer_fired)

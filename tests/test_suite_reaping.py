@@ -15,7 +15,7 @@ TESTS = Path(__file__).resolve().parent
 STARTS_A_SERVER_AND_WAITS = """
 import time
 
-def test_waits(server_factory, tmp_path_factory):
+def test_waits(server_factory):
     proc = server_factory("poll")
     open(PID_FILE, "w").write(str(proc.proc.pid))
     time.sleep(60)

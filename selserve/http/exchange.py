@@ -307,7 +307,7 @@ class ServerExchange:
         if state is not IDLE and state is not BODY:  # (IDLE: one comparison)
             return NEED_DATA
         parser = self.parser
-        if parser is None:  # resting: nothing came since
+        if parser is None:  # lent out while idle: nothing came since
             return NEED_DATA
         try:
             while True:
