@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from .buffer import WriteBuffer
 from .http.exchange import ServerExchange
+from .http.response import CHUNK_END, CHUNK_SIZE_LINE, chunk
 from .workers import WAIT
 
 # What fill() reports besides a number of bytes added.
@@ -29,6 +30,13 @@ FAILED = -3  # the application's iterator raised (the caller logs it)
 # below: 10,527 -> 6,151 opcodes, 661k -> 470k instructions per request
 # (benchmarks/hotpath.py --callgrind).
 BATCH = 64 * 1024
+
+
+def producer_for(iterator, exchange: ServerExchange) -> BodyProducer:
+    """The producer for `exchange`'s framing: chunked bodies have a loop of their own."""
+    if exchange.writer.frame is chunk:
+        return ChunkedProducer(iterator, exchange)
+    return BodyProducer(iterator, exchange)
 
 
 class BodyProducer:
@@ -60,11 +68,11 @@ class BodyProducer:
         try:
             # A for loop: the end of the body costs no StopIteration caught per fill.
             for piece in self.iterator:
-                if not piece:
+                if not piece:  # (WAIT is empty too)
+                    if piece is WAIT:
+                        outcome = WAITING
+                        break
                     continue
-                if piece is WAIT:
-                    outcome = WAITING
-                    break
                 framed = frame(piece)
                 added += len(piece)
                 batch.append(framed)
@@ -89,6 +97,72 @@ class BodyProducer:
         _append_joined(out, batch)
         self.total += added
         return outcome or added
+
+
+class ChunkedProducer(BodyProducer):
+    """A chunked body: the loop of `BodyProducer.fill` with the framing written in.
+
+    Each piece goes into the batch as three entries (its size line, itself, CRLF) and
+    is copied once, by the join: formatting it into a chunk copied it twice.  A
+    chunked writer is never `limited`, and the batch and the room are one budget.
+    64 x 1 KiB: fill and chunk() 55 -> 34 opcodes a piece, 472k -> 362k instructions
+    per request (benchmarks/hotpath.py --callgrind).
+    """
+
+    __slots__ = ()
+
+    def fill(self, out: WriteBuffer) -> int:
+        room = out.high_water - out.size
+        if room <= 0:
+            return 0
+        batch: list[bytes] = []
+        left = min(room, BATCH)  # bytes the batch may still take, framing included
+        added = 0
+        outcome = 0
+        try:
+            for piece in self.iterator:
+                n = len(piece)
+                if not n:  # (WAIT is empty too)
+                    if piece is WAIT:
+                        outcome = WAITING
+                        break
+                    continue
+                batch += (CHUNK_SIZE_LINE % n, piece, CHUNK_END)
+                added += n
+                left -= n + _FRAMING_MAX
+                if left <= 0:
+                    room -= _append_batch(out, batch)
+                    batch = []
+                    if room <= 0:  # high water
+                        break
+                    left = min(room, BATCH)
+            else:
+                batch.append(self.exchange.finish_body())
+                outcome = ENDED
+        except Exception as exc:
+            self.failure = exc
+            outcome = FAILED
+        _append_batch(out, batch)
+        self.total += added
+        return outcome or added
+
+
+# A chunk's framing, counted against the batch: a size line of up to 8 hex digits
+# (pieces under 4 GiB) and two CRLFs.  Only a bound: the buffer's size is exact.
+_FRAMING_MAX = 12
+
+
+def _append_batch(out: WriteBuffer, batch: list[bytes]) -> int:
+    """Put a chunked batch into `out`, joined; the bytes added.  A piece of a batch's
+    size or more (the last of its batch: it fills it) goes in uncopied."""
+    before = out.size
+    if len(batch) >= 3 and len(batch[-2]) >= BATCH:
+        out.append(b"".join(batch[:-2]))  # the chunks before it and its size line
+        out.append(batch[-2])
+        out.append(batch[-1])
+    elif batch:
+        out.append(b"".join(batch))
+    return out.size - before
 
 
 def _append_joined(out: WriteBuffer, batch: list[bytes]) -> None:

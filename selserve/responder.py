@@ -30,7 +30,7 @@ from .app import FileBody, Response, close_body, internal_error
 from .buffer import WriteBuffer
 from .http.exchange import ServerExchange
 from .http.response import UNANNOUNCED, chunk
-from .producer import ENDED, WAITING, BodyProducer
+from .producer import ENDED, WAITING, BodyProducer, producer_for
 from .transport import Transport
 
 log = logging.getLogger("selserve")
@@ -137,7 +137,7 @@ class Responder:
 
     def _stream(self, body) -> str:
         try:
-            self.producer = BodyProducer(iter(body), self.exchange)
+            self.producer = producer_for(iter(body), self.exchange)
         except TypeError as exc:
             log.error("response body of %s is not iterable: %s", self.exchange.request.target, exc)
             return self._answer_failed()

@@ -28,6 +28,11 @@ class _Wait:
     def __repr__(self) -> str:
         return "WAIT"
 
+    def __len__(self) -> int:
+        # Empty, so a producer's one test for an empty piece (`if not n`) also catches
+        # WAIT, and the pieces with data pay no second test.
+        return 0
+
 
 # Yielded by a body iterator that has nothing yet; it calls its `resume` later.
 WAIT = _Wait()

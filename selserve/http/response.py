@@ -288,8 +288,14 @@ def _parse_length(value: str) -> int:
     return int(value)
 
 
+# chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF   (RFC 9112 §7.1; we send no
+# extensions).  CHUNK_SIZE_LINE % len(data) is the part before the data.
+CHUNK_SIZE_LINE = b"%x\r\n"
+CHUNK_END = b"\r\n"
+
+
 def chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body (RFC 9112 §7.1); never call with empty data."""
+    """One chunk of a chunked body; never call with empty data (that is the last-chunk)."""
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
