@@ -7,10 +7,13 @@ same error both ways, so every rule is also a split-invariance check.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from selserve.http import parser as parser_module
 from selserve.http.errors import HTTPError
 from selserve.http.parser import (
     CLOSED,
@@ -1788,3 +1791,88 @@ def test_outside_a_request_boundary_start_next_request_changes_nothing(pieces):
     state = (parser._buf, parser._pos, parser._state)
     assert parser.start_next_request() is False
     assert (parser._buf, parser._pos, parser._state) == state
+
+
+# --- field lines seen before (_KNOWN_FIELD_LINES) ---------------------------------------
+
+FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+
+
+def reference_fields(lines: list[bytes]) -> list[tuple[str, str]] | None:
+    """The fields of a section by RFC 9110 §5.5 / RFC 9112 §5, written out without the
+    parser's patterns; None if some line is invalid."""
+    fields = []
+    for line in lines:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        name, colon, value = line.partition(b":")
+        if not colon or not FIELD_NAME.fullmatch(name) or not FIELD_VALUE.fullmatch(value):
+            return None
+        fields.append((name.decode().lower(), value.strip(b" \t").decode("latin-1")))
+    return fields
+
+
+field_line_bytes = st.lists(
+    st.sampled_from([b"a", b"X", b"-", b":", b" ", b"\t", b"\r", b"\x00", b"\x7f", b"\xe9", b"v"]),
+    min_size=1,
+    max_size=12,
+).map(b"".join)
+
+
+@PROPERTY
+@given(st.lists(field_line_bytes, max_size=5), st.booleans())
+def test_a_field_line_parses_alike_when_new_and_when_seen_before(lines, crlf):
+    # (not a second Host, nor a blank line: b"\r" before a LF is one)
+    lines = [line for line in lines if not line.lower().startswith(b"host") and line != b"\r"]
+    eol = b"\r\n" if crlf else b"\n"
+    raw = eol.join([b"GET / HTTP/1.1", b"Host: h", *lines]) + eol + eol
+    expected = reference_fields(lines)
+    for _ in range(2):  # new, then (if valid and short) known
+        events, error = whole(raw)
+        if expected is None:
+            assert error is not None and error[0] == 400
+        else:
+            assert error is None
+            assert events[0].headers == [("host", "h"), *expected]
+
+
+def test_only_lines_not_seen_before_are_matched(monkeypatch):
+    matched = []
+    real = parser_module.FIELD_LINE_TEXT
+
+    class Counting:
+        def fullmatch(self, line):
+            matched.append(line)
+            return real.fullmatch(line)
+
+    monkeypatch.setattr(parser_module, "FIELD_LINE_TEXT", Counting())
+    new = f"X-New-{id(matched)}: v"
+    newer = f"X-Newer-{id(matched)}:  w "
+    assert head(get(b"Host: h", new.encode())).headers[1] == (new[:-3].lower(), "v")
+    assert new + "\r" in matched
+    matched.clear()
+    fields = head(get(b"Host: h", new.encode(), newer.encode())).headers
+    assert fields[1:] == [(new[:-3].lower(), "v"), (newer[:-5].lower(), "w")]
+    assert matched == [newer + "\r"]
+
+
+def test_each_request_gets_a_list_of_its_own():
+    raw = get(b"Host: h", b"Accept: */*")
+    first = head(raw)
+    first.headers.append(("x-added", "by the app"))
+    first.headers[1] = ("accept", "changed")
+    assert head(raw).headers == [("host", "h"), ("accept", "*/*")]
+
+
+def test_the_known_lines_are_bounded_and_long_lines_are_not_kept():
+    known = parser_module._KNOWN_FIELD_LINES
+    long_value = b"c" * parser_module.KNOWN_FIELD_LINE_MAX
+    head(get(b"Host: h", b"Cookie: " + long_value))
+    assert "Cookie: " + long_value.decode() + "\r" not in known
+    for n in range(parser_module.KNOWN_FIELD_LINES_MAX // 50 + 2):
+        fields = [b"X-Flood-%d-%d: v" % (n, i) for i in range(50)]
+        assert len(head(get(b"Host: h", *fields), max_headers=100).headers) == 51
+        assert len(known) <= parser_module.KNOWN_FIELD_LINES_MAX
+    assert "X-Flood-0-0: v\r" not in known  # emptied once full, then filled again
+    assert f"X-Flood-{n}-49: v\r" in known
