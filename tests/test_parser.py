@@ -1867,12 +1867,65 @@ def test_each_request_gets_a_list_of_its_own():
 
 def test_the_known_lines_are_bounded_and_long_lines_are_not_kept():
     known = parser_module._KNOWN_FIELD_LINES
-    long_value = b"c" * parser_module.KNOWN_FIELD_LINE_MAX
+    long_value = b"c" * parser_module.KNOWN_LINE_MAX
     head(get(b"Host: h", b"Cookie: " + long_value))
     assert "Cookie: " + long_value.decode() + "\r" not in known
-    for n in range(parser_module.KNOWN_FIELD_LINES_MAX // 50 + 2):
+    for n in range(parser_module.KNOWN_LINES_MAX // 50 + 2):
         fields = [b"X-Flood-%d-%d: v" % (n, i) for i in range(50)]
         assert len(head(get(b"Host: h", *fields), max_headers=100).headers) == 51
-        assert len(known) <= parser_module.KNOWN_FIELD_LINES_MAX
+        assert len(known) <= parser_module.KNOWN_LINES_MAX
     assert "X-Flood-0-0: v\r" not in known  # emptied once full, then filled again
     assert f"X-Flood-{n}-49: v\r" in known
+
+
+# --- request lines seen before (_KNOWN_REQUEST_LINES) ------------------------------------
+
+request_line_bytes = st.tuples(
+    st.sampled_from([b"GET", b"POST", b"OPTIONS", b"CONNECT", b"G T", b"get"]),
+    st.sampled_from([b"/", b"/a?b=c", b"*", b"http://h.example/x?y", b"h.example:443", b"/\x7f"]),
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"http/1.1"]),
+).map(b" ".join)
+
+
+@PROPERTY
+@given(request_line_bytes, st.integers(10, 60))
+def test_a_request_line_parses_alike_when_new_and_when_seen_before(line, max_line):
+    raw = line + b"\r\nHost: h\r\n\r\n"
+    outcomes = [whole(raw, max_request_line=limit) for limit in (8000, max_line, 8000, max_line)]
+    assert outcomes[0] == outcomes[2] and outcomes[1] == outcomes[3]
+    short_enough = len(line) <= max_line
+    assert (outcomes[1] == outcomes[0]) == short_enough or outcomes[0][1] is not None
+    if not short_enough:
+        assert outcomes[1][1] is not None and outcomes[1][1][0] in (400, 414, 505)
+
+
+def test_a_known_request_line_is_not_matched_again_but_its_length_is_checked(monkeypatch):
+    matched = []
+    real = parser_module.REQUEST_LINE
+
+    class Counting:
+        def match(self, text):
+            matched.append(text)
+            return real.match(text)
+
+    monkeypatch.setattr(parser_module, "REQUEST_LINE", Counting())
+    target = f"/known-{id(matched)}?q=1"
+    raw = get(b"Host: h", target=target.encode())
+    first = head(raw)
+    assert (first.method, first.path, first.query) == ("GET", target[:-4], "q=1")
+    matched.clear()
+    events, error = whole(raw)  # (byte by byte, the request line is checked as it comes)
+    again = events[0]
+    assert error is None
+    parts = (again.method, again.target, again.path, again.query, again.version)
+    assert parts == ("GET", target, target[:-4], "q=1", "HTTP/1.1")
+    assert matched == []
+    assert refused(raw, max_request_line=len(target) + 12) == 414
+
+
+def test_an_absolute_form_request_line_is_parsed_every_time():
+    raw = b"GET http://authority.example/p HTTP/1.1\r\nHost: h\r\n\r\n"
+    for _ in range(2):
+        request = head(raw)
+        assert (request.host, request.path) == ("authority.example", "/p")
+    assert "GET http://authority.example/p HTTP/1.1\r" not in parser_module._KNOWN_REQUEST_LINES

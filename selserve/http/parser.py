@@ -201,19 +201,33 @@ CHUNK_FRAMING_SLACK = 16 * 1024
 # Header names the parser itself acts on; every other field is only collected.
 _SPECIAL = frozenset(("host", "content-length", "transfer-encoding", "connection", "expect"))
 
-# Field lines seen before, as they came (CR included), with their parse: (lower-case
-# name, value).  Clients send the same lines request after request (a browser its
-# User-Agent, Accept and Sec-Fetch-* lines; an API client or a balancer all of its
+# Lines seen before, as they came (CR included, LF not), with their parse.  Clients
+# send the same lines request after request (a browser its User-Agent, Accept and
+# Sec-Fetch-* lines; an API client, a balancer's health check or wrk all of its
 # head), and a line found here needs no pattern run over it.  Per request
 # (benchmarks/hotpath.py --callgrind): a browser's 13 fields 157k -> 107k
 # instructions; wrk's hello, one field, 91k -> 80k (the pattern's start-up was most
-# of that).  The parse is a pure function of the line, so an entry is never stale.
-# Lines longer than KNOWN_FIELD_LINE_MAX (long cookies) are not kept, and a flood of
-# new lines empties the full table rather than evicting one by one (the steady
-# traffic fills it again).  At most about 2,000 x 700 B, 1.4 MB.
-KNOWN_FIELD_LINES_MAX = 2000
-KNOWN_FIELD_LINE_MAX = 256
+# of that); the request line too, 80k -> 77k.  A parse is a pure function of its line,
+# so an entry is never stale; the request line's length is checked against the
+# limit of the parser that finds it.  Lines longer than KNOWN_LINE_MAX (long cookies
+# or targets) are not kept, and a flood of new lines empties a full table rather
+# than evicting one by one (the steady traffic fills it again).  At most about
+# 2 x 2,000 x 700 B, 2.8 MB.
+KNOWN_LINES_MAX = 2000
+KNOWN_LINE_MAX = 256
+# request line -> (method, target, path, query, minor version, length without CRLF);
+# origin-form targets only
+_KNOWN_REQUEST_LINES: dict[str, tuple[str, str, str, str, str, int]] = {}
+# field line -> (lower-case name, value)
 _KNOWN_FIELD_LINES: dict[str, tuple[str, str]] = {}
+
+
+def _remember(table: dict, line: str, parse: tuple) -> None:
+    if len(line) <= KNOWN_LINE_MAX:
+        if len(table) >= KNOWN_LINES_MAX:
+            table.clear()
+        table[line] = parse
+
 
 # The authority of an absolute-form target travels with the special fields under this
 # name (not a token, so no field can have it), which keeps origin-form requests free of
@@ -454,20 +468,17 @@ class RequestParser:
 
     def _parse_head(self, text: str) -> Request:
         """Parse a complete head (request line to blank line); set the state for what follows."""
-        m = REQUEST_LINE.match(text)
-        if m is None or m.end(3) > self.max_request_line - self._skipped:
-            # (group 3 ends the request line: too long is a 414 however it is formed)
-            self._request_line_error(text, self.max_request_line - self._skipped)
-        method, target, minor = m.groups()  # type: ignore[union-attr]
-        if target[0] == "/" and method != "CONNECT":  # origin-form, RFC 9112 §3.2.1
-            path, _, query = target.partition("?")
-            special = None  # the other fields the parser acts on, and any second Host
+        line_end = text.find("\n")  # the request line's LF (a head has one)
+        special = None  # the other fields the parser acts on, and any second Host
+        known = _KNOWN_REQUEST_LINES.get(text[:line_end])
+        if known is not None and known[5] <= self.max_request_line - self._skipped:
+            method, target, path, query, minor, _ = known
         else:
-            path, query, authority = self._target_parts(method, target)
-            special = None if authority is None else [(_TARGET_AUTHORITY, authority)]
+            method, target, path, query, minor, authority = self._new_request_line(text)
+            if authority is not None:
+                special = [(_TARGET_AUTHORITY, authority)]
 
         # Header section: from after the request line up to and including the blank line.
-        line_end = m.end() - 1  # type: ignore[union-attr]  # the request line's LF
         if len(text) > self.max_header_bytes and len(text) - line_end - 1 > self.max_header_bytes:
             raise HTTPError(431, "request header section too large")
         lines = text[line_end + 1 :].split("\n")
@@ -636,6 +647,23 @@ class RequestParser:
             raise HTTPError(400, "invalid request-target")
         return m[2] or "/", m[3] or "", m[1]
 
+    def _new_request_line(self, text: str) -> tuple[str, str, str, str, str, str | None]:
+        """(method, target, path, query, minor version, authority) of a request line
+        not in _KNOWN_REQUEST_LINES, which it joins if its target is in origin-form;
+        the right error if it is invalid or too long."""
+        m = REQUEST_LINE.match(text)
+        if m is None or m.end(3) > self.max_request_line - self._skipped:
+            # (group 3 ends the request line: too long is a 414 however it is formed)
+            self._request_line_error(text, self.max_request_line - self._skipped)
+        method, target, minor = m.groups()  # type: ignore[union-attr]
+        if target[0] == "/" and method != "CONNECT":  # origin-form, RFC 9112 §3.2.1
+            path, _, query = target.partition("?")
+            parts = (method, target, path, query, minor, m.end(3))  # type: ignore[union-attr]
+            _remember(_KNOWN_REQUEST_LINES, text[: m.end() - 1], parts)  # type: ignore[union-attr]
+            return method, target, path, query, minor, None
+        path, query, authority = self._target_parts(method, target)
+        return method, target, path, query, minor, authority
+
     def _new_field_line(self, line: str, section: str) -> tuple[str, str]:
         """(lower-case name, value) of a line not in _KNOWN_FIELD_LINES, which it joins
         if it is short; the right 400 for the section if the line is invalid.  (Run per
@@ -647,10 +675,7 @@ class RequestParser:
             self._field_error(section)
         name, value = m.groups()  # type: ignore[union-attr]
         field = (name.lower(), value)
-        if len(line) <= KNOWN_FIELD_LINE_MAX:
-            if len(_KNOWN_FIELD_LINES) >= KNOWN_FIELD_LINES_MAX:
-                _KNOWN_FIELD_LINES.clear()
-            _KNOWN_FIELD_LINES[line] = field
+        _remember(_KNOWN_FIELD_LINES, line, field)
         return field
 
     def _field_section_error(self, section: str, count: int) -> None:
