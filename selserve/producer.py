@@ -94,9 +94,18 @@ class BodyProducer:
         except Exception as exc:
             self.failure = exc
             outcome = FAILED
-        _append_joined(out, batch)
+        try:
+            _append_joined(out, batch)
+        except TypeError as exc:  # a piece that is not bytes
+            self.failure = exc
+            return FAILED
         self.total += added
         return outcome or added
+
+
+# A chunk's framing, counted against the batch: a size line of up to 8 hex digits
+# (pieces under 4 GiB) and two CRLFs.  Only a bound: the buffer's size is exact.
+_FRAMING_MAX = 12
 
 
 class ChunkedProducer(BodyProducer):
@@ -142,21 +151,20 @@ class ChunkedProducer(BodyProducer):
         except Exception as exc:
             self.failure = exc
             outcome = FAILED
-        _append_batch(out, batch)
+        try:
+            _append_batch(out, batch)
+        except TypeError as exc:  # a piece that is not bytes
+            self.failure = exc
+            return FAILED
         self.total += added
         return outcome or added
-
-
-# A chunk's framing, counted against the batch: a size line of up to 8 hex digits
-# (pieces under 4 GiB) and two CRLFs.  Only a bound: the buffer's size is exact.
-_FRAMING_MAX = 12
 
 
 def _append_batch(out: WriteBuffer, batch: list[bytes]) -> int:
     """Put a chunked batch into `out`, joined; the bytes added.  A piece of a batch's
     size or more (the last of its batch: it fills it) goes in uncopied."""
     before = out.size
-    if len(batch) >= 3 and len(batch[-2]) >= BATCH:
+    if len(batch) >= 3 and len(batch[-2]) >= BATCH and _bytes_like(batch[-2]):
         out.append(b"".join(batch[:-2]))  # the chunks before it and its size line
         out.append(batch[-2])
         out.append(batch[-1])
@@ -166,7 +174,11 @@ def _append_batch(out: WriteBuffer, batch: list[bytes]) -> int:
 
 
 def _append_joined(out: WriteBuffer, batch: list[bytes]) -> None:
-    if len(batch) == 1:
+    if len(batch) == 1 and _bytes_like(batch[0]):
         out.append(batch[0])  # (one piece, however big: not copied)
     elif batch:
-        out.append(b"".join(batch))
+        out.append(b"".join(batch))  # (TypeError for a piece that is not bytes)
+
+
+def _bytes_like(piece) -> bool:
+    return isinstance(piece, (bytes, bytearray, memoryview))

@@ -138,3 +138,14 @@ def test_a_content_length_body_ends_at_its_length(length):
     assert producer([b"abc", b"def", b"ghi"], writer).fill(out) == ENDED
     assert buffered(out) == b"abcdefghi"[:length]
     assert (writer.problem is None) == (length == 6)
+
+
+@pytest.mark.parametrize("writer", [ChunkedWriter, CloseDelimitedWriter])
+@pytest.mark.parametrize(
+    "pieces", [["text"], [b"kept", "text"], [b"kept", "t" * (BATCH + 1)], ["t" * (BATCH + 1)]]
+)
+def test_a_piece_that_is_not_bytes_fails_the_body(writer, pieces):
+    out = WriteBuffer(HIGH, HIGH // 4)
+    body = producer(pieces, writer())
+    assert body.fill(out) == FAILED and isinstance(body.failure, TypeError)
+    assert all(isinstance(entry, (bytes, bytearray, memoryview)) for entry in entries(out))
