@@ -29,8 +29,11 @@ from helpers import (
     post_request,
     set_linger_rst,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tests.wsgi_apps as apps
+from selserve import wsgi
 from selserve.app import FileBody, Request, Response
 from selserve.http import response as wire
 from selserve.wsgi import FileWrapper, WSGIAdapter
@@ -286,6 +289,102 @@ def test_headers_with_underscores_are_dropped():
     environ = environ_for(make_request("/", headers=headers))
     assert environ["HTTP_X_FORWARDED_FOR"] == "10.0.0.1"
     assert "HTTP_A_B" not in environ
+
+
+def reference_header_entries(fields) -> dict:
+    """PEP 3333's header entries of `fields`, written out without the adapter's tables."""
+    entries = {}
+    for name, value in fields:
+        if "_" in name or name in ("content-length", "transfer-encoding"):
+            continue
+        key = "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_")
+        if key not in entries:
+            entries[key] = value
+        elif key == "HTTP_COOKIE":
+            entries[key] += "; " + value
+        elif key != "CONTENT_TYPE":
+            entries[key] += ", " + value
+    return entries
+
+
+def header_entries_of(environ: dict) -> dict:
+    return {k: v for k, v in environ.items() if k.startswith("HTTP_") or k == "CONTENT_TYPE"}
+
+
+FIELD_NAMES = st.sampled_from(
+    ["accept", "cookie", "content-type", "content-length", "transfer-encoding", "x-a", "x_a", "a-b"]
+)
+FIELD_VALUES = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FIELD_NAMES, FIELD_VALUES), max_size=8))
+def test_header_entries_are_the_same_first_and_when_remembered(fields):
+    adapter = WSGIAdapter(simple_app())
+    expected = reference_header_entries(fields)
+    for _ in range(2):  # computed, then looked up
+        request = Request(
+            "GET",
+            "/",
+            "/",
+            "",
+            "HTTP/1.1",
+            list(fields),
+            keep_alive=True,
+            content_length=None,
+            chunked=False,
+            expect_continue=False,
+            host="",
+        ).arrived(b"", PEER, LOCAL)  # (the fields as they are: make_request reads them)
+        assert header_entries_of(adapter.environ(request)) == expected
+
+
+def test_a_head_seen_before_is_looked_up_not_converted_again(monkeypatch):
+    monkeypatch.setattr(wsgi, "_HEADER_ENTRIES", {})
+    converted = []
+    convert = wsgi._header_entries
+    monkeypatch.setattr(wsgi, "_header_entries", lambda *a: converted.append(1) or convert(*a))
+    adapter = WSGIAdapter(simple_app())
+    fields = [("Host", "example.com"), ("Accept", "*/*"), ("Cookie", "a=1")]
+    for _ in range(3):
+        assert adapter.environ(make_request("/", headers=fields))["HTTP_COOKIE"] == "a=1"
+    assert len(converted) == 1
+    adapter.environ(make_request("/", headers=[*fields[:2], ("Cookie", "a=2")]))
+    assert len(converted) == 2  # another cookie: another head
+
+
+def test_an_app_changing_its_environ_leaves_the_next_requests_headers_alone():
+    def app(environ, start_response):
+        environ["HTTP_ACCEPT"] = "changed"
+        del environ["HTTP_X_A"]
+        start_response("200 OK", [])
+        return [b""]
+
+    fields = [("Accept", "text/html"), ("X-A", "1")]
+    respond(app, make_request("/", headers=fields))
+    environ = environ_for(make_request("/", headers=fields))
+    assert environ["HTTP_ACCEPT"] == "text/html" and environ["HTTP_X_A"] == "1"
+
+
+def test_the_remembered_heads_are_bounded(monkeypatch):
+    monkeypatch.setattr(wsgi, "_HEADER_ENTRIES", {})
+    adapter = WSGIAdapter(simple_app())
+    for i in range(wsgi._HEADER_ENTRIES_MAX * 2 + 5):
+        adapter.environ(make_request("/", headers=[("X-Count", str(i))]))
+        assert len(wsgi._HEADER_ENTRIES) <= wsgi._HEADER_ENTRIES_MAX
+    big = "x" * wsgi._HEADER_ENTRY_CHARS
+    wsgi._HEADER_ENTRIES.clear()
+    assert adapter.environ(make_request("/", headers=[("Cookie", big)]))["HTTP_COOKIE"] == big
+    assert not wsgi._HEADER_ENTRIES  # too long to keep
+
+
+def test_fields_that_are_lists_are_converted_every_time(monkeypatch):
+    monkeypatch.setattr(wsgi, "_HEADER_ENTRIES", {})
+    request = make_request("/")
+    request.headers = [["accept", "*/*"], ["cookie", "a=1"]]  # (a hand-built request)
+    environ = WSGIAdapter(simple_app()).environ(request)
+    assert environ["HTTP_ACCEPT"] == "*/*" and environ["HTTP_COOKIE"] == "a=1"
+    assert not wsgi._HEADER_ENTRIES
 
 
 def test_content_type_and_length_have_no_http_prefix():
