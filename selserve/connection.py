@@ -64,7 +64,7 @@ from .reasons import (
     SEND_ERROR,
     WRITE_TIMEOUT,
 )
-from .responder import BLOCKED, BODY_WAITING, SEND_FAILED, SENT, Responder
+from .responder import BLOCKED, BODY_WAITING, QUEUED, SEND_FAILED, SENT, Responder
 from .transport import READ_SIZE, Transport
 
 log = logging.getLogger("selserve")
@@ -159,10 +159,15 @@ class Connection(Responder, ProxyPreamble):
         self._advance()
 
     def on_writable(self) -> None:
-        if self.exchange.state is SENDING:
+        if self.io_state is CLOSED_IO:
+            return  # closed after asking the loop for write_soon
+        exchange = self.exchange
+        if exchange.state is SENDING:
             self._answered(self._pump())
-            if self.exchange.state is IDLE and self.io_state is OPEN:
-                self._advance()  # the answer is out: serve pipelined requests
+            # The answer is out: serve pipelined requests, or see the client's EOF
+            # (a lent parser means nothing of either is here).
+            if exchange.state is IDLE and self.io_state is OPEN and exchange.parser is not None:
+                self._advance()
             return
         # Only an interim answer (100 Continue) was left over.
         try:
@@ -293,7 +298,9 @@ class Connection(Responder, ProxyPreamble):
 
     def _answered(self, outcome: str) -> None:
         """Do the connection's part of how far the answer got (see responder.py)."""
-        if outcome is SENT:
+        if outcome is QUEUED:
+            self.loop.write_soon(self)
+        elif outcome is SENT:
             self._response_complete()
         elif outcome is BLOCKED:
             self._watch(WRITABLE)

@@ -28,6 +28,11 @@ log = logging.getLogger("selserve")
 
 # Rebuild the timer heap once stale entries outnumber live timers by this much.
 _HEAP_COMPACT_MIN = 512
+# Writes asked for with write_soon() are made once this many wait, else at the end
+# of the turn: a batch of answers leaves back to back (wrk's hello: +17% req/s with
+# batches of up to 16, most of it with 4), and no answer waits behind more than 15
+# others being worked out.
+WRITE_BATCH = 16
 
 
 class Handler(Protocol):
@@ -226,6 +231,7 @@ class EventLoop:
         self._timer_seq = 0
         self._live_timers = 0
         self._ready: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._writers: list[Handler] = []  # (see write_soon)
         self._stopping = False
         self._waker = _Waker()
         self._thread_id: int | None = None
@@ -254,6 +260,18 @@ class EventLoop:
 
     def is_watching(self, fd: int) -> bool:
         return fd in self._handlers
+
+    def write_soon(self, handler: Handler) -> None:
+        """Call `handler.on_writable()` before the loop waits again, as if its fd had
+        been reported writable: an optimistic write, batched with this turn's others.
+
+        Sends made back to back cost the kernel less than sends spread between the
+        work of other requests (the client is woken once for several answers), and
+        the loop never waits with such a write pending.  The handler is called even
+        if its fd is not watched (a connection that stopped reading while its app
+        ran), so one closed meanwhile must ignore the call.
+        """
+        self._writers.append(handler)
 
     # -- timers and callbacks ---------------------------------------------
 
@@ -324,14 +342,18 @@ class EventLoop:
                     handler.on_writable()
             except Exception as exc:
                 self._handler_failed(handler, exc)
+            if len(self._writers) >= WRITE_BATCH:
+                self._run_writers()
         timers = self._timers
         if timers and timers[0][0] <= self.now:  # (most turns: nothing is due)
             self._run_due_timers()
         if self._ready:
             self._run_callbacks()
+        if self._writers:
+            self._run_writers()
 
     def _select_timeout(self) -> float | None:
-        if self._ready or self._stopping:
+        if self._ready or self._writers or self._stopping:
             return 0
         if not self._timers:
             return None
@@ -368,6 +390,19 @@ class EventLoop:
                 callback(*args)
             except Exception as exc:
                 self._handler_failed(callback, exc)
+
+    def _run_writers(self) -> None:
+        # Until none is left: a write that completes an answer may answer the next
+        # pipelined request, which asks for another.
+        writers = self._writers
+        while writers:
+            self._writers = []
+            for handler in writers:
+                try:
+                    handler.on_writable()
+                except Exception as exc:
+                    self._handler_failed(handler, exc)
+            writers = self._writers
 
     def _handler_failed(self, culprit: Any, exc: Exception) -> None:
         log.error("unhandled error in %r", culprit, exc_info=exc)

@@ -37,6 +37,7 @@ log = logging.getLogger("selserve")
 
 # How far a step got (what each _send_* step, _pump() and _resume_body() return).
 SENT = "sent"  # the whole answer is out, its body released
+QUEUED = "queued"  # the whole answer is in the buffer: to be sent with this turn's others
 BLOCKED = "blocked"  # bytes wait: the socket is full, or this turn's budget is spent
 BODY_WAITING = "body-waiting"  # a threaded body has nothing yet: resume() follows
 SEND_FAILED = "send-failed"  # the transport failed (`error` says how)
@@ -117,23 +118,16 @@ class Responder:
         self.body_mark = mark + len(data) - joined
         self.streamed = -1
         self.closeable = closeable
-        if closeable is None:  # the whole answer is in `data`
-            # Optimistic: most answers fit in the socket buffer at once, and then no
-            # buffering, no writability watch and no flush are involved.
-            try:
-                if out.write(self.transport, data):
-                    return SENT
-            except OSError as exc:
-                self.error = exc
-                return SEND_FAILED
-        else:
-            out.append(data)
-            if exchange.body_follows:
-                if length is not None:
-                    out.append_file(body.fileobj, body.offset, body.count)
-                else:
-                    return self._stream(body)
-        return self._pump()
+        out.append(data)  # (the whole answer, when its body is bytes)
+        if closeable is not None and exchange.body_follows:
+            if length is not None:
+                out.append_file(body.fileobj, body.offset, body.count)
+            else:
+                return self._stream(body)
+        # Sent at the end of the loop's turn with the turn's other answers (see
+        # EventLoop.write_soon); most fit in the socket buffer at once, and then
+        # no writability watch is involved.
+        return QUEUED
 
     def _stream(self, body) -> str:
         try:
@@ -143,7 +137,7 @@ class Responder:
             return self._answer_failed()
         if self.exchange.writer.frame is chunk:
             self.streamed = 0  # (its framing is not body: count the payload)
-        return self._pump()
+        return QUEUED  # (the producer is pulled at the end of the turn)
 
     def _send_refusal(self, status: int, data: bytes) -> str:
         """Send the exchange's error answer (`data`, head and body) to a refused request."""

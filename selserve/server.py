@@ -148,6 +148,7 @@ class Server:
         self.metrics = RequestMetrics() if config.metrics_path else None
         self.context.observe = self._observer()
         self.stopping = False
+        self._closing_idle = False  # stopping, and idle connections are closed now
         self.draining = False  # the health path answers 503 (see begin_shutdown)
         self.on_leaving: Callable[[], object] | None = None  # called when max_requests is met
         self._took_turn = False  # see _leave_to_lighter_worker()
@@ -488,10 +489,15 @@ class Server:
         self.leave()
 
     def became_idle(self) -> None:
-        """A connection went idle (it is in `idle` now) while accepting is paused at
-        the cap: look again once it is old enough to be reclaimed, so a client
-        waiting in the backlog does not wait for a keep-alive timeout."""
-        if not self.stopping and self._paused_until <= self.loop.now:
+        """A connection went idle (it is in `idle` now) while accepting is paused.
+        At the cap: look again once it is old enough to be reclaimed, so a client
+        waiting in the backlog does not wait for a keep-alive timeout.  Stopping (an
+        answer whose head promised keep-alive before the stop): close it as the
+        other idle ones, at once if their time has come, else when it does."""
+        if self.stopping:
+            if self._closing_idle:
+                self.loop.call_soon(self._close_idle)  # (not from inside its own call)
+        elif self._paused_until <= self.loop.now:
             self._retry_when_reclaimable()
 
     def count(self, what: str) -> None:
@@ -713,6 +719,7 @@ class Server:
         self.loop.call_later(self.config.shutdown_timeout, self._shutdown_deadline)
 
     def _close_idle(self) -> None:
+        self._closing_idle = True  # (from now on, as each goes idle: became_idle)
         for conn in list(self.connections):
             if conn.idle:
                 # A request may have arrived since the loop last looked (a balancer

@@ -27,6 +27,7 @@ class FakeLoop:
         self.watched: dict[int, int] = {}
         self.log: list[str] = []
         self.modifies = 0
+        self.writers: list = []  # handlers that asked for write_soon
 
     def call_at(self, when, callback):
         return FakeTimer(self, when, callback)
@@ -48,6 +49,16 @@ class FakeLoop:
 
     def is_watching(self, fd):
         return fd in self.watched
+
+    def write_soon(self, handler):
+        self.writers.append(handler)
+
+    def end_turn(self):
+        """What the real loop does before it waits again: the writes asked for."""
+        while self.writers:
+            writers, self.writers = self.writers, []
+            for handler in writers:
+                handler.on_writable()
 
 
 class FakeTransport:

@@ -78,6 +78,17 @@ class Harness:
         self.transport.inbound.extend(pieces)
         for _ in pieces:
             self.conn.on_readable()
+            self.loop.end_turn()
+
+    def readable(self) -> None:
+        """The loop reports readability, then ends its turn."""
+        self.conn.on_readable()
+        self.loop.end_turn()
+
+    def writable(self) -> None:
+        """The loop reports writability, then ends its turn."""
+        self.conn.on_writable()
+        self.loop.end_turn()
 
     def answers(self) -> list[bytes]:
         return [b"HTTP/1.1 " + part for part in bytes(self.transport.sent).split(b"HTTP/1.1 ")[1:]]
@@ -109,12 +120,33 @@ def test_pipelined_requests_are_answered_in_order():
     assert [a.rsplit(b"\r\n\r\n", 1)[1] for a in h.answers()] == [b"hello", b"abc", b"hello"]
 
 
+def test_an_answer_leaves_at_the_end_of_the_loops_turn_with_the_turns_others():
+    h = Harness()
+    h.transport.inbound.append(HELLO)
+    h.conn.on_readable()
+    assert h.transport.sent == b"" and h.loop.writers == [h.conn]
+    assert h.conn.timer is None  # (no deadline needed: the loop writes before it waits)
+    h.loop.end_turn()
+    assert h.answers()[0].endswith(b"hello") and h.transport.sends == 1
+    assert h.conn in h.context.kept_alive and h.loop.watched == {7: READABLE}
+
+
+def test_a_connection_closed_before_the_end_of_its_turn_writes_nothing():
+    h = Harness()
+    h.transport.inbound.append(HELLO)
+    h.conn.on_readable()
+    h.conn.close(DONE)  # (shutdown, say, later in the same turn)
+    h.loop.end_turn()
+    assert h.transport.sent == b"" and h.closed == [DONE]
+    assert h.loop.watched == {} and h.loop.log == [f"watch {READABLE}", "unwatch", "close"]
+
+
 def test_an_answer_the_socket_does_not_take_at_once_waits_for_writability():
     h = Harness(window=10)
     h.send(HELLO)
     assert h.loop.watched[7] == WRITABLE and h.conn.timeout_reason is WRITE_TIMEOUT
     h.transport.window = None
-    h.conn.on_writable()
+    h.writable()
     assert h.answers()[0].endswith(b"hello") and h.loop.watched[7] == READABLE
 
 
@@ -133,7 +165,7 @@ def test_a_client_that_closes_while_its_answer_is_blocked_is_closed_and_lends_no
     h.send(HELLO)
     h.send(b"")  # it half-closes, its answer not yet out
     h.transport.window = None
-    h.conn.on_writable()
+    h.writable()
     assert h.answers()[0].endswith(b"hello") and h.closed == [PEER_CLOSED]
     assert h.context.settings.spare_parsers == []  # (a parser past EOF is nobody's spare)
 
@@ -300,6 +332,7 @@ def test_a_threaded_body_that_has_nothing_yet_stops_watching_until_resumed():
     assert 7 not in h.loop.watched and h.conn.producer_waiting
     pieces.append(b"two")
     h.conn.resume()
+    h.loop.end_turn()
     assert h.answers()[0].endswith(b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
     assert h.loop.watched[7] == READABLE
 
@@ -307,22 +340,24 @@ def test_a_threaded_body_that_has_nothing_yet_stops_watching_until_resumed():
 class RecordingPool:
     """Stands in for the worker pool: keeps what was submitted for the test to run."""
 
-    def __init__(self):
+    def __init__(self, loop):
+        self.loop = loop
         self.jobs: list = []
 
     def submit(self, call, request, handle):
         self.jobs.append((call, request, handle))
 
     def run_next(self):
-        """What a worker and _deliver do, in one go."""
+        """What a worker and _deliver do, in one go, and the rest of that loop turn."""
         call, request, handle = self.jobs.pop(0)
         handle.respond(call(request))
         handle.resume()
+        self.loop.end_turn()
 
 
 def pooled_harness() -> tuple[Harness, RecordingPool]:
     h = Harness()
-    pool = RecordingPool()
+    pool = RecordingPool(h.loop)
     h.context.dispatch = Dispatch(app, pool=pool)
     return h, pool
 
@@ -343,11 +378,11 @@ def test_input_while_a_worker_has_the_request_waits_for_its_answer():
     h, pool = pooled_harness()
     h.send(HELLO)
     h.transport.inbound.append(b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n")  # pipelined
-    h.conn.on_readable()
+    h.readable()
     assert 7 not in h.loop.watched and h.transport.inbound, "read while the app ran"
     pool.run_next()
     assert len(h.answers()) == 1 and h.loop.watched == {7: READABLE}
-    h.conn.on_readable()
+    h.readable()
     assert len(pool.jobs) == 1 and pool.jobs[0][1].path == "/second"
     pool.run_next()
     assert len(h.answers()) == 2 and h.closed == []
@@ -359,7 +394,7 @@ def test_a_client_that_leaves_while_a_worker_has_the_request_is_closed_after_the
     h.send(b"")  # the client's FIN
     assert 7 not in h.loop.watched and h.closed == []
     pool.run_next()
-    h.conn.on_readable()  # watched again after the answer: the FIN is read
+    h.readable()  # watched again after the answer: the FIN is read
     assert h.closed == [PEER_CLOSED] and h.answers()[0].endswith(b"hello")
 
 

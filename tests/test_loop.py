@@ -148,6 +148,85 @@ def test_watching_a_watched_fd_again_changes_its_events_and_handler(loop):
     b.close()
 
 
+def test_a_write_asked_for_runs_in_the_same_turn_after_the_turns_events(loop):
+    pairs = [readable_pair() for _ in range(3)]
+    order = []
+
+    def ask(me):
+        order.append(("readable", me))
+        loop.write_soon(me)
+
+    handlers = [Recorder(a, ask) for a, _ in pairs]
+    for h in handlers:
+        h.on_writable = lambda h=h: order.append(("writable", h))  # (not watched for it)
+        loop.watch(h.sock.fileno(), h, READABLE)
+    loop.call_later(30, lambda: None)  # a turn that waited would wait 30 s
+    started = time.monotonic()
+    loop.run_once()
+    assert time.monotonic() - started < 5
+    assert [kind for kind, _ in order] == ["readable"] * 3 + ["writable"] * 3
+    assert [h for kind, h in order if kind == "writable"] == [h for _, h in order[:3]]
+
+
+def test_a_write_asked_for_between_turns_keeps_the_next_turn_from_waiting(loop):
+    handler = Recorder(None)
+    loop.call_later(30, lambda: None)
+    loop.write_soon(handler)
+    started = time.monotonic()
+    loop.run_once()
+    assert handler.calls == ["writable"] and time.monotonic() - started < 5
+
+
+def test_writes_asked_for_by_writes_run_before_the_loop_waits(loop):
+    handler = Recorder(None)
+    left = [3]
+
+    def write():
+        handler.calls.append("writable")
+        left[0] -= 1
+        if left[0]:
+            loop.write_soon(handler)  # (an answer out, the next pipelined one queued)
+
+    handler.on_writable = write
+    loop.write_soon(handler)
+    loop.call_later(30, lambda: None)
+    loop.run_once()
+    assert handler.calls == ["writable"] * 3
+
+
+def test_writes_wait_behind_at_most_a_batch_of_events(loop):
+    from selserve.loop import WRITE_BATCH
+
+    count = WRITE_BATCH + 4
+    pairs = [readable_pair() for _ in range(count)]
+    order = []
+
+    def ask(me):
+        order.append("r")
+        loop.write_soon(me)
+
+    for a, _ in pairs:
+        h = Recorder(a, ask)
+        h.on_writable = lambda: order.append("w")
+        loop.watch(a.fileno(), h, READABLE)
+    loop.run_once()
+    assert order == ["r"] * WRITE_BATCH + ["w"] * WRITE_BATCH + ["r"] * 4 + ["w"] * 4
+
+
+def test_a_write_that_raises_closes_that_handler_and_the_others_still_write(loop, caplog):
+    failing, other = Recorder(None), Recorder(None)
+
+    def fail():
+        raise RuntimeError("boom")
+
+    failing.on_writable = fail
+    loop.write_soon(failing)
+    loop.write_soon(other)
+    loop.run_once()
+    assert failing.calls == ["error:RuntimeError"] and other.calls == ["writable"]
+    assert "boom" in caplog.text
+
+
 def test_timers_fire_in_order_and_cancelled_ones_do_not(loop):
     fired = []
     loop.call_later(0.03, lambda: fired.append("late"))

@@ -318,3 +318,58 @@ def test_the_connection_reclaimed_at_the_cap_is_the_longest_idle_of_either_queue
         assert srv._reclaimable() is new
     finally:
         srv.loop.close()
+
+
+# -- an answer built before a stop and sent after it ------------------------------------
+
+
+def hello_server():
+    srv = Server(app, binds=["127.0.0.1:0"])
+    srv._resume_accepting()  # (no listeners) as while serving
+    return srv
+
+
+def turn(srv):
+    srv.loop.call_soon(int)  # (a turn that does not wait)
+    srv.loop.run_once()
+
+
+def answer_queued_then_stop(srv, stop):
+    """A request answered in a turn in which the server then begins to stop: its
+    head promised keep-alive, and it leaves at the end of that turn."""
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(5)
+    theirs.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    srv.accepted(ours, ("127.0.0.1", 40000), ("127.0.0.1", 8000))  # reads and answers
+    stop()
+    turn(srv)
+    first = theirs.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first
+    return theirs
+
+
+def test_after_a_graceful_stop_a_promised_keep_alive_is_kept_for_the_next_request():
+    srv = hello_server()
+    try:
+        client = answer_queued_then_stop(srv, srv.leave)
+        with client:
+            turn(srv)
+            assert len(srv.connections) == 1  # not closed in the client's face
+            client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            turn(srv)
+            second = client.recv(65536)
+            assert second.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in second
+            assert client.recv(1) == b"" and not srv.connections
+    finally:
+        srv.loop.close()
+
+
+def test_after_an_interrupt_a_promised_keep_alive_is_closed_once_idle():
+    srv = hello_server()
+    try:
+        client = answer_queued_then_stop(srv, srv.interrupt)
+        with client:
+            turn(srv)
+            assert client.recv(1) == b"" and not srv.connections  # at once, not at a deadline
+    finally:
+        srv.loop.close()

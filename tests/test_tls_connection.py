@@ -116,6 +116,16 @@ class Harness:
             FakeServerTLS(self.transport),
         )  # fmt: skip
 
+    def readable(self) -> None:
+        """The loop reports readability, then ends its turn."""
+        self.conn.on_readable()
+        self.loop.end_turn()
+
+    def writable(self) -> None:
+        """The loop reports writability, then ends its turn."""
+        self.conn.on_writable()
+        self.loop.end_turn()
+
     @property
     def watching(self) -> int:
         return self.loop.watched.get(7, 0)
@@ -125,12 +135,12 @@ def test_the_handshake_follows_what_openssl_waits_for_then_serves_https():
     h = Harness("write", "read", None)
     assert h.conn.idle  # (a handshake under way: closed at once at shutdown)
     assert h.conn.deadline == h.loop.now + 3.0  # the handshake's own deadline
-    h.conn.on_readable()  # OpenSSL wants to write first
+    h.readable()  # OpenSSL wants to write first
     assert h.watching == WRITABLE
-    h.conn.on_writable()  # ... then to read
+    h.writable()  # ... then to read
     assert h.watching == READABLE
     h.transport.inbound.append(HELLO)
-    h.conn.on_readable()  # done: the request that came with it is answered
+    h.readable()  # done: the request that came with it is answered
     assert h.conn.timeout_reason is not TLS_HANDSHAKE_TIMEOUT
     assert bytes(h.transport.sent).endswith(b"\r\n\r\nhttps /")
     assert h.watching == READABLE and not h.closed
@@ -138,42 +148,42 @@ def test_the_handshake_follows_what_openssl_waits_for_then_serves_https():
 
 def test_after_the_handshake_the_head_has_the_header_timeout():
     h = Harness("read", None)
-    h.conn.on_readable()
+    h.readable()
     h.loop.now += 1.0
-    h.conn.on_readable()  # the handshake ends a second after accept
+    h.readable()  # the handshake ends a second after accept
     assert h.conn.timeout_reason is HEADER_TIMEOUT
     assert h.conn.deadline == h.loop.now + 7.0 and h.conn in h.context.fresh
 
 
 def test_a_handshake_that_never_ends_is_closed_as_such():
     h = Harness("read")
-    h.conn.on_readable()
+    h.readable()
     h.conn.on_timeout()
     assert h.closed == [TLS_HANDSHAKE_TIMEOUT] and h.transport.closed
 
 
 def test_a_read_that_must_write_first_is_retried_when_writable():
     h = Harness(None)
-    h.conn.on_readable()
+    h.readable()
     h.transport.read_wants = True
     h.transport.inbound.append(HELLO)
-    h.conn.on_readable()  # OpenSSL: the read needs to write (a key update's answer)
+    h.readable()  # OpenSSL: the read needs to write (a key update's answer)
     assert h.watching == READABLE | WRITABLE and not h.transport.sent
-    h.conn.on_writable()  # room: the read runs again, and the request is answered
+    h.writable()  # room: the read runs again, and the request is answered
     assert bytes(h.transport.sent).endswith(b"https /")
     assert h.watching == READABLE and not h.closed
 
 
 def test_a_write_that_must_read_first_is_retried_when_readable():
     h = Harness(None)
-    h.conn.on_readable()
+    h.readable()
     h.transport.write_wants = True
     h.transport.inbound.append(HELLO)
-    h.conn.on_readable()  # the answer's send needs to read first
+    h.readable()  # the answer's send needs to read first
     assert not h.transport.sent
     assert h.watching == READABLE  # not WRITABLE: the socket is writable, that would spin
     h.transport.write_wants = False
-    h.conn.on_readable()  # the client's bytes came: the write goes on
+    h.readable()  # the client's bytes came: the write goes on
     assert bytes(h.transport.sent).endswith(b"https /")
     assert h.watching == READABLE and not h.closed
 
@@ -182,7 +192,7 @@ def test_plain_http_to_the_tls_port_gets_a_plaintext_400_and_a_close():
     error = ssl.SSLError(1, "http request")
     error.reason = "HTTP_REQUEST"
     h = Harness(error)
-    h.conn.on_readable()
+    h.readable()
     assert h.transport.plain.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"The plain HTTP request was sent to HTTPS port" in h.transport.plain
     assert h.closed == [TLS_PLAIN_HTTP]
@@ -192,24 +202,24 @@ def test_a_failed_handshake_is_closed_as_such():
     error = ssl.SSLError(1, "wrong version number")
     error.reason = "WRONG_VERSION_NUMBER"
     h = Harness(error)
-    h.conn.on_readable()
+    h.readable()
     assert h.closed == [TLS_HANDSHAKE_FAILED] and not h.transport.plain
 
 
 def test_a_client_that_resets_during_the_handshake_is_a_recv_error():
     h = Harness(ConnectionResetError(104, "reset"))
-    h.conn.on_readable()
+    h.readable()
     assert h.closed == ["recv-error"]
 
 
 def test_tls_errors_after_the_handshake_have_their_own_reasons():
     h = Harness(None)
-    h.conn.on_readable()
+    h.readable()
     h.transport.recv_error = ssl.SSLError(1, "bad record mac")
-    h.conn.on_readable()
+    h.readable()
     assert h.closed == [TLS_ERROR]
     gone = Harness(None)
-    gone.conn.on_readable()
+    gone.readable()
     gone.transport.recv_error = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
-    gone.conn.on_readable()
+    gone.readable()
     assert gone.closed == [TLS_EOF]

@@ -441,14 +441,16 @@ class ServerExchange:
 
     def response_sent(self) -> bool:
         """The whole answer is out.  True: the connection stays open for the next
-        request (maybe already buffered: call next_event()).  False: close it,
-        lingering first if `linger` (or unread input) says the client may still send."""
+        request (maybe already buffered: call next_event()), as its head told the
+        client -- even if the server has begun to stop since (it then closes idle
+        connections its own way).  False: close it, lingering first if `linger` (or
+        unread input) says the client may still send."""
         if self.state is not SENDING:
             self._move(_KEEP_ALIVE)  # not allowed: raises ExchangeError
         if self.body is not None:
             self.body.discard()
         self.request = None
-        if self.keep_alive and self.settings.keep_alive:
+        if self.keep_alive:
             self.state = _AFTER_KEEP_ALIVE
             if self.parser.start_next_request():  # nothing of the next request yet
                 self._lend_parser()
