@@ -206,15 +206,10 @@ class Connection(Responder, ProxyPreamble):
                 if response is None:  # a worker will answer
                     self._wait_for_app()
                     return
-                outcome = self._send_answer(response)
-                if outcome is not SENT:
-                    self._answered(outcome)  # still going out, or failed
-                    return
-                self._response_complete()
-                if exchange.state is not IDLE:
-                    return  # the connection is closing (or lingering)
-                if self.timeout_reason is KEEPALIVE_TIMEOUT:
-                    return  # answered, and nothing of another request is here (see below)
+                # Queued whole: it leaves at the end of the loop's turn, and then
+                # on_writable serves what is pipelined behind it.
+                self._answered(self._send_answer(response))
+                return
             elif event is NEED_DATA:
                 if exchange.state is BODY:
                     self._arm(context.body_timeout, BODY_TIMEOUT)  # progress
@@ -328,7 +323,7 @@ class Connection(Responder, ProxyPreamble):
         parser = exchange.parser  # (None: lent out, nothing of another request here)
         if parser is not None and parser.buffered:  # a pipelined request is arriving
             self._arm(context.header_timeout, HEADER_TIMEOUT)
-        else:  # (KEEPALIVE_TIMEOUT is how _advance knows nothing more is here)
+        else:  # nothing of another request is here
             if self.timer is not None:
                 self._disarm()
             self.timeout_reason = KEEPALIVE_TIMEOUT
