@@ -149,6 +149,7 @@ class Server:
         self.context.observe = self._observer()
         self.stopping = False
         self._closing_idle = False  # stopping, and idle connections are closed now
+        self._close_idle_queued = False  # a pass of _close_idle is on its way
         self.draining = False  # the health path answers 503 (see begin_shutdown)
         self.on_leaving: Callable[[], object] | None = None  # called when max_requests is met
         self._took_turn = False  # see _leave_to_lighter_worker()
@@ -495,8 +496,10 @@ class Server:
         answer whose head promised keep-alive before the stop): close it as the
         other idle ones, at once if their time has come, else when it does."""
         if self.stopping:
-            if self._closing_idle:
-                self.loop.call_soon(self._close_idle)  # (not from inside its own call)
+            if self._closing_idle and not self._close_idle_queued:
+                # One pass for all that go idle this turn (not from inside their calls).
+                self._close_idle_queued = True
+                self.loop.call_soon(self._close_idle)
         elif self._paused_until <= self.loop.now:
             self._retry_when_reclaimable()
 
@@ -720,6 +723,7 @@ class Server:
 
     def _close_idle(self) -> None:
         self._closing_idle = True  # (from now on, as each goes idle: became_idle)
+        self._close_idle_queued = False
         for conn in list(self.connections):
             if conn.idle:
                 # A request may have arrived since the loop last looked (a balancer

@@ -373,3 +373,28 @@ def test_after_an_interrupt_a_promised_keep_alive_is_closed_once_idle():
             assert client.recv(1) == b"" and not srv.connections  # at once, not at a deadline
     finally:
         srv.loop.close()
+
+
+def test_connections_going_idle_together_after_a_stop_are_closed_in_one_pass():
+    srv = hello_server()
+    clients = []
+    try:
+        for port in range(5):
+            ours, theirs = socket.socketpair()
+            theirs.settimeout(5)
+            theirs.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            srv.accepted(ours, ("127.0.0.1", 40000 + port), ("127.0.0.1", 8000))
+            clients.append(theirs)
+        srv.interrupt()  # (their answers are queued: none is idle yet)
+        passes = []
+        close_idle = srv._close_idle
+        srv._close_idle = lambda: passes.append(1) or close_idle()
+        turn(srv)  # the answers leave, and each connection goes idle
+        turn(srv)
+        assert passes == [1] and not srv.connections
+        for client in clients:
+            assert client.recv(65536).startswith(b"HTTP/1.1 200 ") and client.recv(1) == b""
+    finally:
+        for client in clients:
+            client.close()
+        srv.loop.close()
