@@ -61,6 +61,19 @@ class FakeLoop:
                 handler.on_writable()
 
 
+class TurnsMixin:
+    """For a test harness with `conn` and `loop` (a FakeLoop): deliver an event as the
+    loop does, then end the loop's turn (the writes asked for with write_soon)."""
+
+    def readable(self) -> None:
+        self.conn.on_readable()
+        self.loop.end_turn()
+
+    def writable(self) -> None:
+        self.conn.on_writable()
+        self.loop.end_turn()
+
+
 class FakeTransport:
     """Takes at most `window` bytes per send (None: everything); `fail` makes the next
     send raise that errno; `inbound` is what recv() returns, piece by piece."""

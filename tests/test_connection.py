@@ -8,7 +8,7 @@ import errno
 import tempfile
 
 import pytest
-from fakes import FakeLoop, FakeTransport
+from fakes import FakeLoop, FakeTransport, TurnsMixin
 
 from selserve.app import FileBody, Response, native
 from selserve.backends import READABLE, WRITABLE
@@ -44,7 +44,7 @@ def app(request):
     return Response(200, [("Content-Type", "text/plain")], b"hello")
 
 
-class Harness:
+class Harness(TurnsMixin):
     def __init__(self, app=app, window=None, proxy_protocol=False, **context):
         self.loop = FakeLoop()
         self.closed: list[str] = []
@@ -79,16 +79,6 @@ class Harness:
         for _ in pieces:
             self.conn.on_readable()
             self.loop.end_turn()
-
-    def readable(self) -> None:
-        """The loop reports readability, then ends its turn."""
-        self.conn.on_readable()
-        self.loop.end_turn()
-
-    def writable(self) -> None:
-        """The loop reports writability, then ends its turn."""
-        self.conn.on_writable()
-        self.loop.end_turn()
 
     def answers(self) -> list[bytes]:
         return [b"HTTP/1.1 " + part for part in bytes(self.transport.sent).split(b"HTTP/1.1 ")[1:]]

@@ -323,10 +323,13 @@ def test_the_connection_reclaimed_at_the_cap_is_the_longest_idle_of_either_queue
 # -- an answer built before a stop and sent after it ------------------------------------
 
 
-def hello_server():
+@pytest.fixture
+def hello_srv():
+    """A server driven turn by turn by the test (no listeners, accepting as if serving)."""
     srv = Server(app, binds=["127.0.0.1:0"])
-    srv._resume_accepting()  # (no listeners) as while serving
-    return srv
+    srv._resume_accepting()
+    yield srv
+    srv.loop.close()
 
 
 def turn(srv):
@@ -334,67 +337,56 @@ def turn(srv):
     srv.loop.run_once()
 
 
-def answer_queued_then_stop(srv, stop):
-    """A request answered in a turn in which the server then begins to stop: its
-    head promised keep-alive, and it leaves at the end of that turn."""
+def hello_on_a_new_connection(srv, port: int = 40000) -> socket.socket:
+    """The client's end of a connection whose request the server has read and answered
+    (the answer leaves at the end of the turn)."""
     ours, theirs = socket.socketpair()
     theirs.settimeout(5)
     theirs.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-    srv.accepted(ours, ("127.0.0.1", 40000), ("127.0.0.1", 8000))  # reads and answers
-    stop()
-    turn(srv)
-    first = theirs.recv(65536)
-    assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first
+    srv.accepted(ours, ("127.0.0.1", port), ("127.0.0.1", 8000))
     return theirs
 
 
-def test_after_a_graceful_stop_a_promised_keep_alive_is_kept_for_the_next_request():
-    srv = hello_server()
+def answer_queued_then_stop(srv, stop) -> socket.socket:
+    """A request answered in a turn in which the server then begins to stop: its
+    head promised keep-alive, and it leaves at the end of that turn."""
+    client = hello_on_a_new_connection(srv)
+    stop()
+    turn(srv)
+    first = client.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first
+    return client
+
+
+def test_after_a_graceful_stop_a_promised_keep_alive_is_kept_for_the_next_request(hello_srv):
+    with answer_queued_then_stop(hello_srv, hello_srv.leave) as client:
+        turn(hello_srv)
+        assert len(hello_srv.connections) == 1  # not closed in the client's face
+        client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        turn(hello_srv)
+        second = client.recv(65536)
+        assert second.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in second
+        assert client.recv(1) == b"" and not hello_srv.connections
+
+
+def test_after_an_interrupt_a_promised_keep_alive_is_closed_once_idle(hello_srv):
+    with answer_queued_then_stop(hello_srv, hello_srv.interrupt) as client:
+        turn(hello_srv)
+        assert client.recv(1) == b"" and not hello_srv.connections  # at once, not at a deadline
+
+
+def test_connections_going_idle_together_after_a_stop_are_closed_in_one_pass(hello_srv):
+    clients = [hello_on_a_new_connection(hello_srv, 40000 + i) for i in range(5)]
     try:
-        client = answer_queued_then_stop(srv, srv.leave)
-        with client:
-            turn(srv)
-            assert len(srv.connections) == 1  # not closed in the client's face
-            client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            turn(srv)
-            second = client.recv(65536)
-            assert second.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in second
-            assert client.recv(1) == b"" and not srv.connections
-    finally:
-        srv.loop.close()
-
-
-def test_after_an_interrupt_a_promised_keep_alive_is_closed_once_idle():
-    srv = hello_server()
-    try:
-        client = answer_queued_then_stop(srv, srv.interrupt)
-        with client:
-            turn(srv)
-            assert client.recv(1) == b"" and not srv.connections  # at once, not at a deadline
-    finally:
-        srv.loop.close()
-
-
-def test_connections_going_idle_together_after_a_stop_are_closed_in_one_pass():
-    srv = hello_server()
-    clients = []
-    try:
-        for port in range(5):
-            ours, theirs = socket.socketpair()
-            theirs.settimeout(5)
-            theirs.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            srv.accepted(ours, ("127.0.0.1", 40000 + port), ("127.0.0.1", 8000))
-            clients.append(theirs)
-        srv.interrupt()  # (their answers are queued: none is idle yet)
+        hello_srv.interrupt()  # (their answers are queued: none is idle yet)
         passes = []
-        close_idle = srv._close_idle
-        srv._close_idle = lambda: passes.append(1) or close_idle()
-        turn(srv)  # the answers leave, and each connection goes idle
-        turn(srv)
-        assert passes == [1] and not srv.connections
+        close_idle = hello_srv._close_idle
+        hello_srv._close_idle = lambda: passes.append(1) or close_idle()
+        turn(hello_srv)  # the answers leave, and each connection goes idle
+        turn(hello_srv)
+        assert passes == [1] and not hello_srv.connections
         for client in clients:
             assert client.recv(65536).startswith(b"HTTP/1.1 200 ") and client.recv(1) == b""
     finally:
         for client in clients:
             client.close()
-        srv.loop.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 
-from fakes import FakeLoop, FakeTransport
+from fakes import FakeLoop, FakeTransport, TurnsMixin
 
 from selserve.app import Request, Response, native
 from selserve.backends import READABLE, WRITABLE
@@ -96,7 +96,7 @@ def app(request):
     return Response(200, [], f"{request.scheme} {request.path}".encode())
 
 
-class Harness:
+class Harness(TurnsMixin):
     def __init__(self, *steps):
         self.loop = FakeLoop()
         self.closed: list[str] = []
@@ -115,16 +115,6 @@ class Harness:
             self.context, object(), ("10.0.0.1", 5000), ("10.0.0.2", 443), False,
             FakeServerTLS(self.transport),
         )  # fmt: skip
-
-    def readable(self) -> None:
-        """The loop reports readability, then ends its turn."""
-        self.conn.on_readable()
-        self.loop.end_turn()
-
-    def writable(self) -> None:
-        """The loop reports writability, then ends its turn."""
-        self.conn.on_writable()
-        self.loop.end_turn()
 
     @property
     def watching(self) -> int:

@@ -477,7 +477,6 @@ class RequestParser:
             method, target, path, query, minor, authority = self._new_request_line(text)
             if authority is not None:
                 special = [(_TARGET_AUTHORITY, authority)]
-
         # Header section: from after the request line up to and including the blank line.
         if len(text) > self.max_header_bytes and len(text) - line_end - 1 > self.max_header_bytes:
             raise HTTPError(431, "request header section too large")
