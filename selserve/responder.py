@@ -1,16 +1,16 @@
 """The answer in flight on one connection: from a `Response` to bytes sent.
 
 A `Responder` turns the application's `Response` into the exchange's bytes (the
-head, with a body known in full), sends them at once when nothing else waits,
-queues a file range or pulls a streamed body through a `BodyProducer` while the
-`WriteBuffer` has room, flushes the buffer to the transport, and owes the
+head, with a body known in full) queued in the `WriteBuffer` for the end of the
+loop's turn, adds a file range or pulls a streamed body through a `BodyProducer`
+while the buffer has room, flushes the buffer to the transport, and owes the
 body's close() until `_release_body()`.  It keeps what the access log asks of
 an answer afterwards: its status and where it and its body began
 (`body_sent()`).  An application failure before any byte of its answer left is
 mended here: the buffer is cut back to where the answer began and a 500 goes
 out instead.
 
-Each step reports how far it got (`SENT`, `BLOCKED`, `BODY_WAITING`,
+Each step reports how far it got (`QUEUED`, `SENT`, `BLOCKED`, `BODY_WAITING`,
 `SEND_FAILED`, `APP_FAILED`); what that means -- watching, timers, keep-alive,
 closing -- is the connection's business.  A Responder never watches, arms a
 timer, closes its transport or calls back into the connection, and its code
