@@ -1929,3 +1929,122 @@ def test_an_absolute_form_request_line_is_parsed_every_time():
         request = head(raw)
         assert (request.host, request.path) == ("authority.example", "/p")
     assert "GET http://authority.example/p HTTP/1.1\r" not in parser_module._KNOWN_REQUEST_LINES
+
+
+# --- header sections seen before (_KNOWN_SECTIONS) ---------------------------------------
+
+section_field_lines = st.lists(
+    st.sampled_from(
+        [
+            b"Host: h",
+            b"Host: h2",
+            b"Host: bad host",
+            b"Accept: */*",
+            b"X-A:  v ",
+            b"Connection: close",
+            b"Connection: keep-alive",
+            b"Content-Length: 3",
+            b"Content-Length: 4",
+            b"Transfer-Encoding: chunked",
+            b"Transfer-Encoding: gzip",
+            b"Expect: 100-continue",
+            b"Expect: other",
+            b"Bad Line",
+            b" folded",
+        ]
+    ),
+    max_size=6,
+)
+
+
+def tables_emptied() -> None:
+    parser_module._KNOWN_SECTIONS.clear()
+    parser_module._KNOWN_FIELD_LINES.clear()
+    parser_module._KNOWN_REQUEST_LINES.clear()
+
+
+@PROPERTY
+@given(
+    section_field_lines,
+    st.sampled_from([b"/", b"http://authority.example/p"]),
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
+    st.integers(1, 8),
+)
+def test_a_header_section_parses_alike_when_new_and_when_seen_before(
+    lines, target, version, max_headers
+):
+    body = b"abcd0\r\n\r\n"  # (3 or 4 bytes of a Content-Length body, or a chunked one's end)
+    raw = get(*lines, target=target, version=version) + body
+    other_version = b"HTTP/1.0" if version == b"HTTP/1.1" else b"HTTP/1.1"
+    other = get(*lines, target=target, version=other_version)
+    tables_emptied()
+    fresh = {limit: whole(raw, max_headers=limit) for limit in (max_headers, 100)}
+    tables_emptied()
+    fresh_other = whole(other + body)
+    tables_emptied()
+    outcomes = [whole(raw, max_headers=limit) for limit in (100, max_headers, 100, max_headers)]
+    assert outcomes == [fresh[100], fresh[max_headers]] * 2
+    assert whole(other + body) == fresh_other  # the same section under the other version
+
+
+def test_a_known_section_is_not_split_again(monkeypatch):
+    split = []
+    real = RequestParser._new_section
+
+    def counting(self, section, special):
+        split.append(section)
+        return real(self, section, special)
+
+    monkeypatch.setattr(RequestParser, "_new_section", counting)
+    raw = get(b"Host: h", f"X-Section: {id(split)}".encode())
+    assert head(raw).headers == [("host", "h"), ("x-section", str(id(split)))]
+    assert len(split) == 1  # (byte by byte, the same section was found)
+    assert head(raw).headers == [("host", "h"), ("x-section", str(id(split)))]
+    assert len(split) == 1
+
+
+def test_a_known_section_is_checked_against_each_parsers_limits_and_host():
+    fields = [b"Host: h", *(b"X-%d: v" % i for i in range(5))]
+    raw = get(*fields)
+    assert len(head(raw).headers) == 6
+    assert refused(raw, max_headers=5) == 431
+    assert refused(raw, max_header_bytes=20) == 431
+    assert len(head(raw).headers) == 6
+    bad_host = get(b"Host: bad host", b"X-Host-Test: 1")
+    assert refused(bad_host) == 400
+    assert refused(bad_host) == 400
+    assert bad_host.split(b"\r\n", 1)[1].decode("latin-1") in parser_module._KNOWN_SECTIONS
+
+
+def test_a_known_section_acted_on_answers_for_its_request_line():
+    section = [b"Host: h", b"Connection: close", b"Content-Length: 2"]
+    for version, keep_alive in ((b"HTTP/1.1", False), (b"HTTP/1.0", False)) * 2:
+        events = parse(get(*section, version=version) + b"hi")
+        assert (events[0].keep_alive, events[0].content_length) == (keep_alive, 2)
+        assert events[1] == Data(b"hi")
+    section = [b"Host: h", b"Connection: keep-alive"]
+    assert head(get(*section)).keep_alive is True
+    assert head(get(*section, version=b"HTTP/1.0")).keep_alive is True
+    assert head(get(b"Host: h", b"X-Keep: 1", version=b"HTTP/1.0")).keep_alive is False
+    assert head(get(b"Host: h", b"X-Keep: 1")).keep_alive is True
+    # An absolute-form target's authority replaces Host in the request's own list only.
+    for _ in range(2):
+        request = head(get(b"Host: h", b"X-Keep: 1", target=b"http://authority.example/p"))
+        assert request.host == "authority.example"
+        assert request.headers[0] == ("host", "authority.example")
+        assert head(get(b"Host: h", b"X-Keep: 1")).headers[0] == ("host", "h")
+
+
+def test_the_known_sections_are_bounded_and_long_sections_are_not_kept():
+    known = parser_module._KNOWN_SECTIONS
+    long_value = b"c" * parser_module.KNOWN_SECTION_MAX
+    raw = get(b"Host: h", b"Cookie: " + long_value)
+    assert head(raw).headers[1] == ("cookie", long_value.decode())
+    assert raw.split(b"\r\n", 1)[1].decode("latin-1") not in known
+    count = parser_module.KNOWN_SECTIONS_MAX + 2
+    sections = [get(b"Host: h", b"X-Flood: %d" % n) for n in range(count)]
+    for raw in sections:
+        assert head(raw).headers[1][0] == "x-flood"
+        assert len(known) <= parser_module.KNOWN_SECTIONS_MAX
+    assert sections[0].split(b"\r\n", 1)[1].decode("latin-1") not in known  # emptied once full
+    assert sections[-1].split(b"\r\n", 1)[1].decode("latin-1") in known

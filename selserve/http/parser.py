@@ -235,6 +235,27 @@ def _remember(table: dict, line: str, parse: tuple) -> None:
 _TARGET_AUTHORITY = ":authority"
 
 
+# Whole header sections seen before (from after the request line's LF to the end of
+# the blank line) -> (their fields, the first Host's value or None, how many fields,
+# the other fields the parser acts on or None).  A client sends the same section
+# request after request (wrk and most API clients always; a browser until its cookies
+# or Referer change), and one lookup then stands for the loop over its lines.  What
+# depends on more than the section's text is still done per request: the field count
+# against the parser's limit, Host against its pattern, and the fields acted on
+# (Connection, Content-Length, ...) against the request line's version.  Bounded like
+# the line tables: KNOWN_SECTIONS_MAX sections of up to KNOWN_SECTION_MAX characters,
+# emptied when full, at most about 256 x 8 KB, 2 MB.
+KNOWN_SECTIONS_MAX = 256
+KNOWN_SECTION_MAX = 4096
+_KNOWN_SECTIONS: dict[str, tuple] = {}
+
+
+def _remember_section(section: str, parse: tuple) -> None:
+    if len(_KNOWN_SECTIONS) >= KNOWN_SECTIONS_MAX:
+        _KNOWN_SECTIONS.clear()
+    _KNOWN_SECTIONS[section] = parse
+
+
 def _keep_alive(connection: str, http11: bool) -> bool:
     """Whether the Connection field (all lines joined) keeps the connection open."""
     connection = connection.lower()
@@ -478,30 +499,17 @@ class RequestParser:
             if authority is not None:
                 special = [(_TARGET_AUTHORITY, authority)]
         # Header section: from after the request line up to and including the blank line.
-        if len(text) > self.max_header_bytes and len(text) - line_end - 1 > self.max_header_bytes:
+        section = text[line_end + 1 :]
+        if len(section) > self.max_header_bytes:
             raise HTTPError(431, "request header section too large")
-        lines = text[line_end + 1 :].split("\n")
-        del lines[-2:]  # the blank line, and the nothing after its LF
-        if len(lines) > self.max_headers:
-            count = len(FIELD_LINE.findall(text, line_end))  # (fewer: some line is invalid)
-            self._field_section_error(text[line_end + 1 :], count)
-
-        headers = []
-        host = None
-        known = _KNOWN_FIELD_LINES
-        for line in lines:
-            field = known.get(line)
-            if field is None:
-                field = self._new_field_line(line, text[line_end + 1 :])
-            headers.append(field)
-            name = field[0]
-            if name in _SPECIAL:
-                if name == "host" and host is None:
-                    host = field[1]
-                elif special is None:
-                    special = [field]
-                else:
-                    special.append(field)
+        known = _KNOWN_SECTIONS.get(section)
+        if known is not None and known[2] <= self.max_headers:
+            fields, host, _, acted_on = known
+            headers = list(fields)  # (the request's own: an application may change it)
+            if acted_on is not None:
+                special = list(acted_on) if special is None else special + list(acted_on)
+        else:
+            headers, host, special = self._new_section(section, special)
 
         http11 = minor != "0"
         if special is None:  # no body, and nothing but Host for the parser to act on
@@ -662,6 +670,41 @@ class RequestParser:
             return method, target, path, query, minor, None
         path, query, authority = self._target_parts(method, target)
         return method, target, path, query, minor, authority
+
+    def _new_section(
+        self, section: str, special: list | None
+    ) -> tuple[list[tuple[str, str]], str | None, list | None]:
+        """(fields, host, special) of a header section not in _KNOWN_SECTIONS, which it
+        joins if it is short.  `special`, the fields the parser acts on but the first
+        Host, comes with the target's authority, if any; the section's own follow it."""
+        lines = section.split("\n")
+        del lines[-2:]  # the blank line, and the nothing after its LF
+        if len(lines) > self.max_headers:
+            count = len(FIELD_LINE.findall("\n" + section))  # (fewer: some line is invalid)
+            self._field_section_error(section, count)
+        headers = []
+        host = None
+        acted_on = None  # the fields of this section in `special`
+        known = _KNOWN_FIELD_LINES
+        for line in lines:
+            field = known.get(line)
+            if field is None:
+                field = self._new_field_line(line, section)
+            headers.append(field)
+            name = field[0]
+            if name in _SPECIAL:
+                if name == "host" and host is None:
+                    host = field[1]
+                elif acted_on is None:
+                    acted_on = [field]
+                else:
+                    acted_on.append(field)
+        if acted_on is not None:
+            special = acted_on if special is None else special + acted_on
+            acted_on = tuple(acted_on)
+        if len(section) <= KNOWN_SECTION_MAX:
+            _remember_section(section, (tuple(headers), host, len(headers), acted_on))
+        return headers, host, special
 
     def _new_field_line(self, line: str, section: str) -> tuple[str, str]:
         """(lower-case name, value) of a line not in _KNOWN_FIELD_LINES, which it joins
