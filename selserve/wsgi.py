@@ -116,6 +116,9 @@ class WSGIAdapter:
         # The base environ per listening address: SERVER_NAME and SERVER_PORT
         # filled in where the address says them (None: taken from Host).
         self._listener_bases: dict[object, dict] = {}
+        # (listener, target, method, version, Host, fields) -> the environ's shared part
+        # (see _shared_environ).  Bounded like _HEADER_ENTRIES: emptied when full.
+        self._shared_environs: dict[tuple, dict] = {}
 
     def __repr__(self) -> str:
         return f"<WSGIAdapter {self.app!r} root_path={self.root_path!r}>"
@@ -227,6 +230,48 @@ class WSGIAdapter:
 
     def environ(self, request: Request) -> dict:
         """The PEP 3333 environ for `request`."""
+        try:
+            key = (
+                request.local,
+                request.target,
+                request.method,
+                request.version,
+                request.host,
+                tuple(request.headers),
+            )
+            shared = self._shared_environs.get(key)
+        except TypeError:  # (a list among the fields: not remembered)
+            key = shared = None
+        if shared is None:
+            shared = self._shared_environ(request, key)
+        environ = shared.copy()
+
+        if request.chunked:
+            # The connection has removed the chunked coding: wsgi.input holds the
+            # decoded body, and CONTENT_LENGTH says how long that is.
+            stream = environ["wsgi.input"] = request.stream
+            environ["CONTENT_LENGTH"] = str(_stream_size(stream))
+        elif request.content_length is not None:
+            environ["wsgi.input"] = request.stream
+            environ["CONTENT_LENGTH"] = str(request.content_length)
+        if request.scheme is not None:  # (TLS, or a trusted proxy's word: --proxy-headers)
+            _set_scheme(environ, request.scheme)
+            if request.client_cert is not None:
+                environ["SSL_CLIENT_S_DN"] = request.client_cert
+        peer = request.peer
+        if type(peer) is tuple:
+            environ["REMOTE_ADDR"] = peer[0]
+            environ["REMOTE_PORT"] = str(peer[1])
+        else:
+            environ["REMOTE_ADDR"] = peer or ""  # a Unix socket's peer, usually unnamed
+            environ.pop("REMOTE_PORT", None)
+        return environ
+
+    def _shared_environ(self, request: Request, key: tuple | None) -> dict:
+        """What the environ of `request` shares with every request of the same
+        listener, request line, Host and fields (the body, the scheme and the
+        peer's address are set per request); remembered under `key` unless it is
+        None or the request is long."""
         local = request.local
         base = self._listener_bases.get(local)
         if base is None:
@@ -247,41 +292,23 @@ class WSGIAdapter:
         environ["REQUEST_URI"] = environ["RAW_URI"] = request.target
 
         headers = request.headers
-        try:
-            fields = tuple(headers)
-            entries = _HEADER_ENTRIES.get(fields)
-        except TypeError:  # (a list among the fields: not remembered)
-            fields = entries = None
+        fields = None if key is None else key[-1]
+        entries = None if fields is None else _HEADER_ENTRIES.get(fields)
         if entries is None:
             entries = _header_entries(headers, fields)
         environ.update(entries)
-
-        if request.chunked:
-            # The connection has removed the chunked coding: wsgi.input holds the
-            # decoded body, and CONTENT_LENGTH says how long that is.
-            stream = environ["wsgi.input"] = request.stream
-            environ["CONTENT_LENGTH"] = str(_stream_size(stream))
-        elif request.content_length is not None:
-            environ["wsgi.input"] = request.stream
-            environ["CONTENT_LENGTH"] = str(request.content_length)
-        else:
-            environ["wsgi.input"] = _NO_BODY
-
+        environ["wsgi.input"] = _NO_BODY  # (a request with a body has its own)
         if environ["SERVER_NAME"] is None:  # a wildcard or Unix socket listener
             environ["SERVER_NAME"], environ["SERVER_PORT"] = self._server_address_from_host(
                 request.host, local
             )
-
-        if request.scheme is not None:  # (TLS, or a trusted proxy's word: --proxy-headers)
-            _set_scheme(environ, request.scheme)
-            if request.client_cert is not None:
-                environ["SSL_CLIENT_S_DN"] = request.client_cert
-        peer = request.peer
-        if type(peer) is tuple:
-            environ["REMOTE_ADDR"] = peer[0]
-            environ["REMOTE_PORT"] = str(peer[1])
-        else:
-            environ["REMOTE_ADDR"] = peer or ""  # a Unix socket's peer, usually unnamed
+        if type(request.peer) is tuple:
+            environ["REMOTE_PORT"] = None  # (a placeholder: the copy need not grow)
+        if key is not None and _chars(request.target, fields) <= _HEADER_ENTRY_CHARS:
+            environs = self._shared_environs
+            if len(environs) >= _HEADER_ENTRIES_MAX:
+                environs.clear()  # (a flood of new requests cannot grow it)
+            environs[key] = environ
         return environ
 
     def _listener_base(self, local) -> dict:
@@ -601,6 +628,10 @@ def _header_entries(headers, fields: tuple | None) -> dict[str, str]:
             _HEADER_ENTRIES.clear()  # (a flood of new heads cannot grow it)
         _HEADER_ENTRIES[fields] = entries
     return entries
+
+
+def _chars(target: str, fields: tuple) -> int:
+    return len(target) + sum(len(name) + len(value) for name, value in fields)
 
 
 def _environ_key(name: str) -> str:

@@ -387,6 +387,109 @@ def test_fields_that_are_lists_are_converted_every_time(monkeypatch):
     assert not wsgi._HEADER_ENTRIES
 
 
+class SchemedRequest(Request):
+    __slots__ = ("scheme",)  # (as --proxy-headers' request class has it)
+
+
+REQUEST_PARTS = {
+    "target": st.sampled_from(["/", "/app", "/app/a%20b?q=1", "/x?y=%41", "*"]),
+    "method": st.sampled_from(["GET", "HEAD", "POST"]),
+    "version": st.sampled_from(["HTTP/1.1", "HTTP/1.0"]),
+    "fields": st.lists(
+        st.tuples(
+            st.sampled_from(["host", "accept", "cookie", "content-type", "x_a", "x-a"]),
+            st.sampled_from(["", "a", "h.example:81", "[::1]:9000", "b c"]),
+        ),
+        max_size=4,
+    ),
+    "body": st.sampled_from(["none", "length", "chunked"]),
+    "peer": st.sampled_from([PEER, ("2001:db8::5", 40000, 0, 0), "", "/peer.sock"]),
+    "local": st.sampled_from([LOCAL, ("0.0.0.0", 8123), "/run/app.sock"]),
+    "scheme": st.sampled_from([None, "https"]),
+}
+
+
+def built_request(target, method, version, fields, body, peer, local, scheme) -> Request:
+    """A request of these parts, its head as the parser would give it."""
+    path, _, query = target.partition("?")
+    data = b"body" if body != "none" else b""
+    request = (Request if scheme is None else SchemedRequest)(
+        method,
+        target,
+        path,
+        query,
+        version,
+        list(fields),
+        keep_alive=True,
+        content_length=len(data) if body == "length" else None,
+        chunked=body == "chunked",
+        expect_continue=False,
+        host=dict(reversed(fields)).get("host", ""),
+    )
+    if scheme is not None:
+        request.scheme = scheme
+    return request.arrived(data, peer, local)
+
+
+def comparable(environ: dict) -> dict:
+    environ = dict(environ)
+    environ["wsgi.input"] = environ["wsgi.input"].read()
+    del environ["wsgi.errors"]  # (each adapter's own)
+    return environ
+
+
+# One adapter for every example: what it remembers from earlier ones must not show.
+REMEMBERING = WSGIAdapter(simple_app(), root_path="/app")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries(REQUEST_PARTS), st.integers(1, 3))
+def test_an_environ_is_the_same_first_and_when_its_shared_part_is_remembered(parts, times):
+    wsgi._HEADER_ENTRIES.clear()
+    expected = comparable(
+        WSGIAdapter(simple_app(), root_path="/app").environ(built_request(**parts))
+    )
+    wsgi._HEADER_ENTRIES.clear()
+    for _ in range(times):
+        environ = REMEMBERING.environ(built_request(**parts))
+        assert comparable(environ) == expected
+        environ["PATH_INFO"] = environ["HTTP_X_A"] = "changed by the app"
+        environ["REMOTE_PORT"] = None
+
+
+def test_a_request_seen_before_shares_its_environ_but_not_its_addresses_or_body(monkeypatch):
+    adapter = WSGIAdapter(simple_app())
+    built = []
+    build = adapter._shared_environ
+    monkeypatch.setattr(adapter, "_shared_environ", lambda *a: built.append(1) or build(*a))
+    fields = [("host", "h"), ("accept", "*/*")]
+    first = adapter.environ(make_request("/a?b", headers=fields, peer=("192.0.2.1", 1)))
+    second = adapter.environ(make_request("/a?b", headers=fields, peer=("192.0.2.2", 2)))
+    assert len(built) == 1 and first is not second
+    assert (second["REMOTE_ADDR"], second["REMOTE_PORT"]) == ("192.0.2.2", "2")
+    assert (first["REMOTE_ADDR"], first["REMOTE_PORT"]) == ("192.0.2.1", "1")
+    posted = [*fields, ("content-length", "4")]
+    third = adapter.environ(make_request("/a?b", "POST", posted, b"data"))
+    assert (third["CONTENT_LENGTH"], third["wsgi.input"].read()) == ("4", b"data")
+    fourth = adapter.environ(make_request("/a?b", "POST", posted, b"next"))
+    assert len(built) == 2 and fourth["wsgi.input"].read() == b"next"
+    for other in (make_request("/a?c", headers=fields), make_request("/a?b", "HEAD", fields)):
+        adapter.environ(other)
+    assert len(built) == 4
+
+
+def test_the_shared_environs_are_bounded_and_long_requests_are_not_kept():
+    adapter = WSGIAdapter(simple_app())
+    for i in range(wsgi._HEADER_ENTRIES_MAX * 2 + 5):
+        assert adapter.environ(make_request(f"/{i}"))["PATH_INFO"] == f"/{i}"
+        assert len(adapter._shared_environs) <= wsgi._HEADER_ENTRIES_MAX
+    adapter._shared_environs.clear()
+    big = "x" * wsgi._HEADER_ENTRY_CHARS
+    assert adapter.environ(make_request("/", headers=[("X_Dropped", big)]))["PATH_INFO"] == "/"
+    assert adapter.environ(make_request("/" + big))["PATH_INFO"] == "/" + big
+    assert not adapter._shared_environs  # too long to keep (a dropped field counts too)
+
+
 def test_content_type_and_length_have_no_http_prefix():
     request = make_request(
         "/",
