@@ -199,6 +199,7 @@ CHUNK_FRAMING_SHARE = 8
 CHUNK_FRAMING_SLACK = 16 * 1024
 
 # Header names the parser itself acts on; every other field is only collected.
+# (Connection says only whether the connection persists, apart from the others.)
 _SPECIAL = frozenset(("host", "content-length", "transfer-encoding", "connection", "expect"))
 
 # Lines seen before, as they came (CR included, LF not), with their parse.  Clients
@@ -237,14 +238,14 @@ _TARGET_AUTHORITY = ":authority"
 
 # Whole header sections seen before (from after the request line's LF to the end of
 # the blank line) -> (their fields, the first Host's value or None, how many fields,
-# the other fields the parser acts on or None).  A client sends the same section
-# request after request (wrk and most API clients always; a browser until its cookies
-# or Referer change), and one lookup then stands for the loop over its lines.  What
-# depends on more than the section's text is still done per request: the field count
-# against the parser's limit, Host against its pattern, and the fields acted on
-# (Connection, Content-Length, ...) against the request line's version.  Bounded like
-# the line tables: KNOWN_SECTIONS_MAX sections of up to KNOWN_SECTION_MAX characters,
-# emptied when full, at most about 256 x 8 KB, 2 MB.
+# the other fields the parser acts on or None, the Connection values joined or None).
+# A client sends the same section request after request (wrk and most API clients
+# always; a browser until its cookies or Referer change), and one lookup then stands
+# for the loop over its lines.  What depends on more than the section's text is still
+# done per request: the field count against the parser's limit, Host against its
+# pattern, and Connection, Content-Length and the rest against the request line's
+# version.  Bounded like the line tables: KNOWN_SECTIONS_MAX sections of up to
+# KNOWN_SECTION_MAX characters, emptied when full, at most about 256 x 8 KB, 2 MB.
 KNOWN_SECTIONS_MAX = 256
 KNOWN_SECTION_MAX = 4096
 _KNOWN_SECTIONS: dict[str, tuple] = {}
@@ -504,21 +505,22 @@ class RequestParser:
             raise HTTPError(431, "request header section too large")
         known = _KNOWN_SECTIONS.get(section)
         if known is not None and known[2] <= self.max_headers:
-            fields, host, _, acted_on = known
+            fields, host, _, acted_on, connection = known
             headers = list(fields)  # (the request's own: an application may change it)
             if acted_on is not None:
                 special = list(acted_on) if special is None else special + list(acted_on)
         else:
-            headers, host, special = self._new_section(section, special)
+            headers, host, special, connection = self._new_section(section, special)
 
         http11 = minor != "0"
-        if special is None:  # no body, and nothing but Host for the parser to act on
+        keep_alive = http11 if connection is None else _keep_alive(connection, http11)
+        if special is None:  # no body, and nothing but Host (and Connection) to act on
             if host is None or host != self._valid_host:
                 host = self._checked_host(host, http11)
-            keep_alive, content_length, chunked, expect_continue = http11, None, False, False
+            content_length, chunked, expect_continue = None, False, False
             self._state = _END
         else:
-            host, keep_alive, content_length, chunked, expect_continue = self._special_fields(
+            host, content_length, chunked, expect_continue = self._special_fields(
                 special, headers, host, http11
             )
         return self._request_class(
@@ -560,18 +562,16 @@ class RequestParser:
 
     def _special_fields(
         self, special: list[tuple[str, str]], headers: list, host: str | None, http11: bool
-    ) -> tuple[str, bool, int | None, bool, bool]:
-        """(host, keep_alive, content_length, chunked, expect_continue) from the fields
-        the parser acts on (each repeated field's lines joined with commas); the parser
-        is left in the state that reads the body, if there is one."""
-        cl = te = conn = expect = None
+    ) -> tuple[str, int | None, bool, bool]:
+        """(host, content_length, chunked, expect_continue) from the fields the parser
+        acts on but Connection (each repeated field's lines joined with commas); the
+        parser is left in the state that reads the body, if there is one."""
+        cl = te = expect = None
         for name, value in special:
             if name == "content-length":
                 cl = value if cl is None else f"{cl},{value}"
             elif name == "transfer-encoding":
                 te = value if te is None else f"{te},{value}"
-            elif name == "connection":
-                conn = value if conn is None else f"{conn},{value}"
             elif name == "expect":
                 expect = value if expect is None else f"{expect},{value}"
             elif name == _TARGET_AUTHORITY:
@@ -594,7 +594,6 @@ class RequestParser:
             chunked = self._transfer_encoding(te, cl, http11)
         elif cl is not None:
             content_length = self._content_length(cl)
-        keep_alive = http11 if conn is None else _keep_alive(conn, http11)
         # RFC 9110 §10.1.1: an HTTP/1.0 client cannot handle 100 (Continue), so a 1.0
         # request's Expect is ignored altogether.
         expect_continue = False
@@ -609,7 +608,7 @@ class RequestParser:
             self._expect_body(chunked, content_length)
         else:
             self._state = _END
-        return host, keep_alive, content_length, chunked, expect_continue
+        return host, content_length, chunked, expect_continue
 
     @staticmethod
     def _request_line_error(text: str, max_line: int) -> None:
@@ -673,17 +672,19 @@ class RequestParser:
 
     def _new_section(
         self, section: str, special: list | None
-    ) -> tuple[list[tuple[str, str]], str | None, list | None]:
-        """(fields, host, special) of a header section not in _KNOWN_SECTIONS, which it
-        joins if it is short.  `special`, the fields the parser acts on but the first
-        Host, comes with the target's authority, if any; the section's own follow it."""
+    ) -> tuple[list[tuple[str, str]], str | None, list | None, str | None]:
+        """(fields, host, special, connection) of a header section not in
+        _KNOWN_SECTIONS, which it joins if it is short.  `special`, the fields the
+        parser acts on but the first Host and Connection, comes with the target's
+        authority, if any; the section's own follow it.  `connection` is the
+        Connection lines' values joined with commas, or None."""
         lines = section.split("\n")
         del lines[-2:]  # the blank line, and the nothing after its LF
         if len(lines) > self.max_headers:
             count = len(FIELD_LINE.findall("\n" + section))  # (fewer: some line is invalid)
             self._field_section_error(section, count)
         headers = []
-        host = None
+        host = connection = None
         acted_on = None  # the fields of this section in `special`
         known = _KNOWN_FIELD_LINES
         for line in lines:
@@ -695,6 +696,8 @@ class RequestParser:
             if name in _SPECIAL:
                 if name == "host" and host is None:
                     host = field[1]
+                elif name == "connection":
+                    connection = field[1] if connection is None else f"{connection},{field[1]}"
                 elif acted_on is None:
                     acted_on = [field]
                 else:
@@ -703,8 +706,9 @@ class RequestParser:
             special = acted_on if special is None else special + acted_on
             acted_on = tuple(acted_on)
         if len(section) <= KNOWN_SECTION_MAX:
-            _remember_section(section, (tuple(headers), host, len(headers), acted_on))
-        return headers, host, special
+            entry = (tuple(headers), host, len(headers), acted_on, connection)
+            _remember_section(section, entry)
+        return headers, host, special, connection
 
     def _new_field_line(self, line: str, section: str) -> tuple[str, str]:
         """(lower-case name, value) of a line not in _KNOWN_FIELD_LINES, which it joins
