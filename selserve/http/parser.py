@@ -493,7 +493,7 @@ class RequestParser:
     def _parse_head(self, text: str) -> Request:
         """Parse a complete head (request line to blank line); set the state for what follows."""
         line_end = text.find("\n")  # the request line's LF (a head has one)
-        special = None  # the other fields the parser acts on, and any second Host
+        special = None  # what frames a body, Expect, a second Host, the target's authority
         known = _KNOWN_REQUEST_LINES.get(text[:line_end])
         if known is not None and known[5] <= self.max_request_line - self._skipped:
             method, target, path, query, minor, _ = known
@@ -510,7 +510,7 @@ class RequestParser:
             fields, host, _, acted_on, connection = known
             headers = list(fields)  # (the request's own: an application may change it)
             if acted_on is not None:
-                special = list(acted_on) if special is None else special + list(acted_on)
+                special = list(acted_on) if special is None else [*special, *acted_on]
         else:
             headers, host, special, connection = self._new_section(section, special)
 
