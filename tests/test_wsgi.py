@@ -54,13 +54,14 @@ def make_request(
     version: str = "HTTP/1.1",
     peer=PEER,
     local=LOCAL,
+    request_class: type[Request] = Request,
 ) -> Request:
     """A request as the connection hands it over: head fields derived from `headers`."""
     path, _, query = target.partition("?")
     fields = [(name.lower(), value) for name, value in headers]
     first = dict(reversed(fields))  # the first value of each field
     length = first.get("content-length")
-    request = Request(
+    request = request_class(
         method,
         target,
         path,
@@ -411,24 +412,14 @@ REQUEST_PARTS = {
 
 def built_request(target, method, version, fields, body, peer, local, scheme) -> Request:
     """A request of these parts, its head as the parser would give it."""
-    path, _, query = target.partition("?")
-    data = b"body" if body != "none" else b""
-    request = (Request if scheme is None else SchemedRequest)(
-        method,
-        target,
-        path,
-        query,
-        version,
-        list(fields),
-        keep_alive=True,
-        content_length=len(data) if body == "length" else None,
-        chunked=body == "chunked",
-        expect_continue=False,
-        host=dict(reversed(fields)).get("host", ""),
-    )
+    framing = {"length": [("content-length", "4")], "chunked": [("transfer-encoding", "chunked")]}
+    headers = [*fields, *framing.get(body, [])]
+    data = b"" if body == "none" else b"body"
+    request_class = Request if scheme is None else SchemedRequest
+    request = make_request(target, method, headers, data, version, peer, local, request_class)
     if scheme is not None:
         request.scheme = scheme
-    return request.arrived(data, peer, local)
+    return request
 
 
 def comparable(environ: dict) -> dict:
