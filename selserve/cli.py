@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         app = build_app(args.app, config)
         raise_open_file_limit()
         server = Server(app, config)
+        server.handle_stop_signals()  # (before a client can be queued)
         server.bind()
     except (UsageError, BindError, ValueError) as exc:
         # ValueError: a setting the server refused (an --access-log it cannot open).
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _supervise(spec: str | None, config: Config, reload_config) -> int:
     """--workers N: open the listeners here, import the app in each worker."""
-    from .supervisor import Supervisor
+    from .supervisor import Supervisor, hold_signals
 
     if config.chdir:
         # Relative paths (unix: binds, --root, the app) mean the same here and there.
@@ -299,6 +300,7 @@ def _supervise(spec: str | None, config: Config, reload_config) -> int:
             raise UsageError(f"--chdir {config.chdir!r}: {exc.strerror}") from None
     watcher = _source_watcher(spec, config) if config.reload else None
     raise_open_file_limit()
+    hold_signals()  # (before a client can be queued)
     listeners = []
     try:
         for address in config.binds:

@@ -248,17 +248,24 @@ class Server:
     def urls(self) -> list[str]:
         return [listener.url for listener in self.listeners]
 
+    def handle_stop_signals(self) -> None:
+        """From now on SIGTERM stops gracefully and SIGINT at once (see begin_shutdown
+        and interrupt), in the main thread only: they are queued for the loop.  Called
+        before the listeners open, since from then on clients may be queued on them and
+        the default action would drop them all."""
+        if threading.current_thread() is threading.main_thread():
+            self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)
+            self.loop.add_signal_handler(signal.SIGINT, self.interrupt)
+
     def serve_forever(
         self, ready: Callable[[], object] | None = None, announce: bool = True
     ) -> None:
         """Run until shut down (SIGTERM/SIGINT in the main thread, or `shutdown()`).
         `ready()` is called once everything is set and the loop is about to turn;
         `announce` logs the listening line (the command line logs its own)."""
+        self.handle_stop_signals()
         if not self.listeners:
             self.bind()
-        if threading.current_thread() is threading.main_thread():
-            self.loop.add_signal_handler(signal.SIGTERM, self.begin_shutdown)
-            self.loop.add_signal_handler(signal.SIGINT, self.interrupt)
         self._resume_accepting()
         log.log(
             logging.INFO if announce else logging.DEBUG,
@@ -786,5 +793,6 @@ def serve(app: Callable, **settings) -> None:
     raise_open_file_limit()
     config = Config(**settings)
     server = Server(as_native(app, config), config)
+    server.handle_stop_signals()  # (before a client can be queued)
     server.bind()
     server.serve_forever()

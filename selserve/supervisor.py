@@ -67,6 +67,7 @@ SIGNALS = frozenset(
         signal.SIGUSR1,  # from a worker: "I am leaving (--max-requests): replace me now"
     )
 )
+
 # To a worker: leave now, gracefully, without a drain delay and without taking the
 # clients queued on the listeners (the workers that stay take them): a reload, one
 # worker fewer.  SIGTERM is "stop": drain for --drain-delay, then take the queue.
@@ -83,6 +84,13 @@ STOP_GRACE = 5.0
 # a slot's memory is touched only once a worker uses it.
 SCOREBOARD_SLOTS = 1024
 _PR_SET_PDEATHSIG = 1  # prctl(2): a signal for the child when its parent dies
+
+
+def hold_signals() -> None:
+    """From now on the supervisor's signals wait, blocked, for its turns to take them.
+    Called before the listeners open: a SIGTERM after that is a graceful stop, not the
+    default death that would drop the clients queued on them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
 
 @dataclass
@@ -124,7 +132,7 @@ class Supervisor:
 
     def run(self) -> int:
         self.wanted = self.config.worker_count
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        hold_signals()
         try:
             if not self._start_generation():
                 self._stop_all()

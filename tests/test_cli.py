@@ -232,6 +232,43 @@ def test_signal_stops_gracefully_with_idle_keepalive_connection(backend, signum)
             proc.stop()
 
 
+# Runs `selserve ARGS` with a SIGTERM sent the moment its first listener opens: the
+# window between listen() and the server's own signal handling that a client (or an
+# orchestrator's SIGTERM right after a health check passed) can hit.
+SIGTERM_AT_LISTEN = """
+import os, signal, sys
+from selserve import cli, server
+
+def sigterm_after(open_listener):
+    def opened(*args, **kwargs):
+        result = open_listener(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+    return opened
+
+server.Server.bind = sigterm_after(server.Server.bind)  # one process
+cli.create_listener = sigterm_after(cli.create_listener)  # --workers: the supervisor
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "workers"])
+def test_a_sigterm_as_the_listeners_open_is_a_graceful_stop(workers):
+    port = free_port()
+    argv = ["--bind", f"127.0.0.1:{port}", "--workers", workers]
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_AT_LISTEN, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    # The default action would end the process with -15 and no word in its log.
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 @pytest.mark.timeout(30)
 def test_a_config_file_with_an_unknown_key_exits_2_naming_it(tmp_path):
     path = tmp_path / "selserve.toml"
