@@ -38,12 +38,15 @@ def parse_bind(address: str) -> tuple[int, object]:
             raise BindError(f"bind address {address!r} needs a path, e.g. unix:/tmp/selserve.sock")
         return socket.AF_UNIX, path
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    # (isascii: str.isdigit() also takes other scripts' digits, which int() reads.)
+    if not sep or not port_text.isascii() or not port_text.isdigit():
         raise BindError(
             f"bind address {address!r} is not HOST:PORT, [IPV6]:PORT or unix:PATH "
             "(e.g. 127.0.0.1:8000)"
         )
     port = int(port_text)
+    if port > 65535:
+        raise BindError(f"bind address {address!r}: port {port} is not from 0 to 65535")
     if host.startswith("[") and host.endswith("]"):
         return socket.AF_INET6, (host[1:-1], port)
     if ":" in host:
