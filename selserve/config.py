@@ -10,6 +10,7 @@ read only for the open-file limit (`default_max_connections()`) and for
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import resource
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .accesslog import check_format
 from .forwarded import SOURCES, TrustedPeers
+from .http.abnf import FIELD_VALUE_CHARS_RE
 
 # Values of --min-tls and --client-cert (tls.py maps them to ssl's; ssl itself is
 # imported only by a server that serves TLS: it costs about 3 MiB of memory).
@@ -288,6 +290,11 @@ class Config:
 
     def validate(self) -> None:
         """Refuse settings that cannot work, naming the setting and what would be right."""
+        # A NaN compares false with everything, so it would pass the checks below and
+        # then never fall due (a keep-alive timeout of nan kept idle clients forever).
+        for setting in dataclasses.fields(self):
+            if setting.type == "float" and not math.isfinite(getattr(self, setting.name)):
+                raise ValueError(f"--{_dash(setting.name)} must be a finite number of seconds")
         positive = (
             "keepalive_timeout",
             "header_timeout",
@@ -328,8 +335,12 @@ class Config:
             raise ValueError("--forwarded-headers must be x-forwarded or forwarded")
         if self.url_scheme not in ("http", "https"):
             raise ValueError("--url-scheme must be http or https")
-        if any(c in self.server_header for c in "\r\n\0"):
-            raise ValueError("--server-header must not contain CR, LF or NUL")
+        # A field value (RFC 9110 §5.5), sent as latin-1.
+        if not FIELD_VALUE_CHARS_RE.fullmatch(self.server_header):
+            raise ValueError(
+                "--server-header must not contain CR, LF, NUL or another control "
+                "character, or anything outside latin-1"
+            )
         if not self.binds:
             raise ValueError("at least one --bind address is needed")
         self._validate_tls()

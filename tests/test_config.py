@@ -26,12 +26,33 @@ def test_readme_settings_table_is_current():
         ({"static": ["/m=./m:"]}, "unknown option '' after ':'"),
         ({"static": ["/m=:listing"]}, "--static '/m=:listing' must be PREFIX=DIR"),
         ({"server_header": "x\r\ny"}, "--server-header must not contain"),
+        ({"server_header": "x\x01y"}, "--server-header must not contain"),
+        ({"server_header": "x\x7fy"}, "--server-header must not contain"),
+        ({"server_header": "\u670d\u52a1"}, "--server-header must not contain"),
+        ({"keepalive_timeout": float("nan")}, "--keepalive-timeout must be a finite number"),
+        ({"header_timeout": float("inf")}, "--header-timeout must be a finite number"),
+        ({"open_file_cache_valid": float("nan")}, "--open-file-cache-valid must be a finite"),
+        ({"shutdown_timeout": float("-inf")}, "--shutdown-timeout must be a finite number"),
+        ({"drain_delay": float("nan")}, "--drain-delay must be a finite number"),
+        ({"handshake_timeout": float("nan")}, "--handshake-timeout must be a finite number"),
         ({"root_path": "app/"}, "--root-path must start with /"),
     ],
 )
 def test_bad_settings_are_refused_with_the_fix(settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         Config(**settings)
+
+
+def test_a_server_header_may_hold_latin_1_and_tabs():
+    assert Config(server_header="s\u00e9lserve\t1.0 (+https://x)").server_header.startswith("s")
+
+
+def test_every_setting_in_seconds_refuses_nan():
+    seconds = [f.name for f in settings() if f.type == "float"]
+    assert len(seconds) >= 9  # (the timeouts, the cache's validity, the drain delay)
+    for name in seconds:
+        with pytest.raises(ValueError, match="must be a finite number of seconds"):
+            Config(**{name: float("nan")})
 
 
 def test_static_mounts_are_normalised_and_do_not_list_by_default():
