@@ -357,6 +357,55 @@ def test_method_must_be_token(line):
     assert refused(line + b"\r\nHost: h\r\n\r\n") == 400
 
 
+# The first bytes of a TLS 1.2/1.3 ClientHello record: handshake (0x16), TLS 1.0 record
+# version, a length, ClientHello (0x01).  What a client sends to https://host:plain-port/.
+CLIENT_HELLO = bytes.fromhex("16030100f4010000f00303") + bytes(range(0x20, 0x40))
+
+
+@pytest.mark.parametrize(
+    ("start", "waiting"),
+    [
+        (CLIENT_HELLO, 0),
+        (b"\x00\x01\x02", 0),
+        (b"GET@/", 3),
+        (b" /index.html", 0),
+        (b"G\xc9T", 1),
+        (b"GE\rT / HTTP/1.1", 3),  # (a last CR may begin the line's CRLF)
+        (b"GET\r\r", 4),
+    ],
+)
+def test_a_method_that_cannot_be_one_is_refused_before_the_line_ends(start, waiting):
+    # Before its line's end a ClientHello or garbage would hold the connection until
+    # header_timeout; the error comes with the first byte that no method can hold, and is
+    # the one the whole line gets.
+    for size in range(waiting + 1, len(start) + 1):
+        parser = RequestParser()
+        parser.feed(start[:size])
+        with pytest.raises(HTTPError) as info:
+            parser.next_event()
+        assert (info.value.status, info.value.detail) == (400, "invalid method")
+    parser = RequestParser()
+    parser.feed(start[:waiting])
+    assert parser.next_event() is NEED_DATA
+    assert whole(start + b"\r\nHost: h\r\n\r\n")[1] == (400, "invalid method")
+
+
+@pytest.mark.parametrize(
+    "start", [b"G", b"GET", b"GET ", b"GET /", b"M-SEARCH", b"GET\r", b"X" * 90]
+)
+def test_a_method_so_far_waits_for_the_line(start):
+    parser = RequestParser(max_request_line=100)
+    parser.feed(start)
+    assert parser.next_event() is NEED_DATA
+
+
+def test_a_long_line_with_a_bad_method_is_refused_for_its_method():
+    # The method is checked first, whole or not, so the error does not depend on whether
+    # the line's end had arrived when it went over the limit.
+    assert refused(b"G@T /" + b"a" * 200 + b" HTTP/1.1\r\n\r\n", max_request_line=100) == 400
+    assert refused(b"GET /" + b"a" * 200 + b" HTTP/1.1\r\n\r\n", max_request_line=100) == 414
+
+
 @pytest.mark.parametrize(
     "line",
     [

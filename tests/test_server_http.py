@@ -414,6 +414,22 @@ def test_malformed_request_gets_error_and_close(server, request_bytes, status):
 
 
 @pytest.mark.timeout(20)
+def test_a_tls_client_hello_on_a_plain_port_is_refused_at_once(server):
+    # What `curl https://host:plain-port/` sends: no line end ever comes, so only the
+    # first byte (0x16, no method's) can end it before --header-timeout (10 s here).
+    hello = bytes.fromhex("16030100f4010000f00303") + bytes(range(0x20, 0x40))
+    started = time.monotonic()
+    with server.connect(timeout=3) as client:
+        client.send_ignoring_reset(hello)
+        response = client.read_final_response()
+        assert response.status == 400, server.diag(repr(response))
+        assert response.has_token("Connection", "close"), repr(response)
+        assert_closed_by_server(client, server)
+    assert time.monotonic() - started < 5, "the refusal waited for a timeout"
+    assert server.get("/").status == 200, server.diag("server stopped answering")
+
+
+@pytest.mark.timeout(20)
 def test_exactly_100_headers_are_accepted(server):
     headers = b"".join(b"X-H%03d: v\r\n" % i for i in range(99))  # + Host = 100
     response = server.request(b"GET / HTTP/1.1\r\nHost: test\r\n" + headers + b"\r\n")

@@ -64,6 +64,9 @@ TARGET_CHARS = rf"[{VCHAR}]+"
 # slower diagnosis that picks the right status (400 or 505).
 REQUEST_LINE = re.compile(rf"({METHOD}) ({TARGET_CHARS}) HTTP/1\.([0-9])\r?\n")
 METHOD_RE = re.compile(METHOD)
+# How far the bytes of a request line still read as a method: the parser refuses one that
+# cannot become a method before the line ends (a TLS ClientHello, binary garbage).
+METHOD_SO_FAR_B = re.compile(rf"{TCHAR}*".encode("ascii"))
 TARGET_CHARS_RE = re.compile(TARGET_CHARS)
 HTTP_VERSION_RE = re.compile(HTTP_VERSION)
 

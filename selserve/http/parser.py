@@ -30,6 +30,7 @@ from selserve.http.abnf import (
     HOST_RE,
     HTTP_VERSION_RE,
     METHOD_RE,
+    METHOD_SO_FAR_B,
     REQUEST_LINE,
     TARGET_CHARS_RE,
     TOKEN_RE,
@@ -471,6 +472,7 @@ class RequestParser:
         if lf < 0:
             lf = buf.find(b"\n", pos)
             if lf < 0:
+                self._check_method_so_far(buf, pos, end)
                 # Without its end, the line is at least this long (a trailing CR may be
                 # the first half of its CRLF).
                 if end - pos - (buf[end - 1] == 13) > max_line:
@@ -613,20 +615,39 @@ class RequestParser:
         return host, content_length, chunked, expect_continue
 
     @staticmethod
+    def _check_method_so_far(buf: bytes | bytearray, pos: int, end: int) -> None:
+        """Refuse a request line whose first bytes cannot begin one, without waiting for
+        its end: a TLS ClientHello sent to a plain port, or binary garbage, would hold the
+        connection until header_timeout.  The method is checked before anything else in
+        a complete line too (_request_line_error), so the error is the same however the
+        bytes were split."""
+        stop = METHOD_SO_FAR_B.match(buf, pos, end).end()
+        if stop == end:
+            return  # a method so far
+        byte = buf[stop]
+        if byte == 32:  # SP: the method is complete
+            if stop == pos:
+                raise HTTPError(400, "invalid method")
+        elif byte != 13 or stop + 1 < end:  # (a last CR may begin the line's CRLF)
+            raise HTTPError(400, "invalid method")
+
+    @staticmethod
     def _request_line_error(text: str, max_line: int) -> None:
         """Raise the right error for a head (text starts with the request line, LF
         included) whose request line failed the fast pattern."""
         line = text[: text.index("\n")]
         if line.endswith("\r"):
             line = line[:-1]
+        # The method first: its bytes come first, so _check_method_so_far finds the
+        # same error in a line still arriving.
+        if not METHOD_RE.fullmatch(line.partition(" ")[0]):
+            raise HTTPError(400, "invalid method")
         if len(line) > max_line:
             raise HTTPError(414, "request line too long")
         parts = line.split(" ")
         if len(parts) != 3:
             raise HTTPError(400, "malformed request line")
-        method, target, version = parts
-        if not METHOD_RE.fullmatch(method):
-            raise HTTPError(400, "invalid method")
+        target, version = parts[1:]
         if not TARGET_CHARS_RE.fullmatch(target):
             raise HTTPError(400, "invalid request-target")
         if not HTTP_VERSION_RE.fullmatch(version):
@@ -661,7 +682,7 @@ class RequestParser:
         the right error if it is invalid or too long."""
         m = REQUEST_LINE.match(text)
         if m is None or m.end(3) > self.max_request_line - self._skipped:
-            # (group 3 ends the request line: too long is a 414 however it is formed)
+            # (group 3 ends the request line: too long is a 414 unless its method is bad)
             self._request_line_error(text, self.max_request_line - self._skipped)
         method, target, minor = m.groups()  # type: ignore[union-attr]
         if target[0] == "/" and method != "CONNECT":  # origin-form, RFC 9112 §3.2.1
