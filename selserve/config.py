@@ -494,8 +494,8 @@ def _file_value(path: str, key: str, value: object, kind) -> object:
         wanted = "true or false"
     elif kind is str:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
-        wanted = "a string"
+            return str(value)  # (workers = 4 and threads = 8 are numbers in TOML)
+        wanted = "a string or a whole number"
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -143,6 +143,8 @@ def test_a_config_file_gives_every_kind_of_setting(tmp_path):
         ('max_connections = "lots"\n', "max_connections must be a whole number"),
         ("no_listing = 1\n", "no_listing must be true or false"),
         ("bind = [1, 2]\n", "bind must be a string or a list of strings"),
+        ("workers = 2.5\n", "workers must be a string or a whole number, not 2.5"),
+        ("threads = true\n", "threads must be a string or a whole number, not True"),
         ("this is = not toml\n", "not valid TOML"),
     ],
 )
