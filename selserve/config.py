@@ -290,6 +290,40 @@ class Config:
 
     def validate(self) -> None:
         """Refuse settings that cannot work, naming the setting and what would be right."""
+        self._validate_numbers()
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("--log-level must be one of debug, info, warning, error")
+        self._validate_paths()
+        check_format(self.access_log_format)
+        TrustedPeers.parse(self.forwarded_allow_ips)  # (its ValueError names the bad item)
+        if self.forwarded_headers not in SOURCES:
+            raise ValueError("--forwarded-headers must be x-forwarded or forwarded")
+        if self.url_scheme not in ("http", "https"):
+            raise ValueError("--url-scheme must be http or https")
+        # A field value (RFC 9110 §5.5), sent as latin-1.
+        if not FIELD_VALUE_CHARS_RE.fullmatch(self.server_header):
+            raise ValueError(
+                "--server-header must not contain CR, LF, NUL or another control "
+                "character, or anything outside latin-1"
+            )
+        if not self.binds:
+            raise ValueError("at least one --bind address is needed")
+        self._validate_tls()
+        for mount in self.static:
+            parse_static_mount(mount)
+        if isinstance(self.threads, int):  # (embedders pass numbers)
+            self.threads = str(self.threads)
+        if self.threads != "auto" and not self.threads.isdigit():
+            raise ValueError("--threads must be a number of threads (0 or more) or auto")
+        workers = self.workers or os.environ.get("WEB_CONCURRENCY", "")
+        if workers and workers != "auto" and (not workers.isdigit() or int(workers) < 1):
+            where = "--workers" if self.workers else "$WEB_CONCURRENCY"
+            raise ValueError(f"{where} must be a number of processes (1 or more) or auto")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ValueError("--root-path must start with / and not end with one, e.g. /app")
+
+    def _validate_numbers(self) -> None:
+        """Limits, sizes and seconds within their ranges."""
         # A NaN compares false with everything, so it would pass the checks below and
         # then never fall due (a keep-alive timeout of nan kept idle clients forever).
         for setting in dataclasses.fields(self):
@@ -326,36 +360,6 @@ class Config:
                 raise ValueError(f"--{_dash(name)} must be 0 or more")
         if self.low_water > self.high_water:
             raise ValueError("--low-water must not exceed --high-water")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
-            raise ValueError("--log-level must be one of debug, info, warning, error")
-        self._validate_paths()
-        check_format(self.access_log_format)
-        TrustedPeers.parse(self.forwarded_allow_ips)  # (its ValueError names the bad item)
-        if self.forwarded_headers not in SOURCES:
-            raise ValueError("--forwarded-headers must be x-forwarded or forwarded")
-        if self.url_scheme not in ("http", "https"):
-            raise ValueError("--url-scheme must be http or https")
-        # A field value (RFC 9110 §5.5), sent as latin-1.
-        if not FIELD_VALUE_CHARS_RE.fullmatch(self.server_header):
-            raise ValueError(
-                "--server-header must not contain CR, LF, NUL or another control "
-                "character, or anything outside latin-1"
-            )
-        if not self.binds:
-            raise ValueError("at least one --bind address is needed")
-        self._validate_tls()
-        for mount in self.static:
-            parse_static_mount(mount)
-        if isinstance(self.threads, int):  # (embedders pass numbers)
-            self.threads = str(self.threads)
-        if self.threads != "auto" and not self.threads.isdigit():
-            raise ValueError("--threads must be a number of threads (0 or more) or auto")
-        workers = self.workers or os.environ.get("WEB_CONCURRENCY", "")
-        if workers and workers != "auto" and (not workers.isdigit() or int(workers) < 1):
-            where = "--workers" if self.workers else "$WEB_CONCURRENCY"
-            raise ValueError(f"{where} must be a number of processes (1 or more) or auto")
-        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
-            raise ValueError("--root-path must start with / and not end with one, e.g. /app")
 
     def _validate_tls(self) -> None:
         """TLS settings that agree with each other, and files that make a context."""

@@ -647,7 +647,7 @@ class RequestParser:
         parts = line.split(" ")
         if len(parts) != 3:
             raise HTTPError(400, "malformed request line")
-        target, version = parts[1:]
+        _, target, version = parts
         if not TARGET_CHARS_RE.fullmatch(target):
             raise HTTPError(400, "invalid request-target")
         if not HTTP_VERSION_RE.fullmatch(version):
