@@ -311,18 +311,24 @@ def test_the_stats_path_answers_for_every_worker(backend, server_factory, die_ap
         app="dieapp:app",
     )  # fmt: skip
     wait_workers(proc, 2)
-    answers = [proc.request(get_request("/pid", extra="Connection: close\r\n")) for _ in range(60)]
-    assert all(a.status == 200 for a in answers)
-    served_by = {int(a.body) for a in answers}
+    # Which worker accepts a lone connection is the kernel's choice (one took all of 60 in
+    # a CI run): 60 requests, and more until both workers have answered (600 at most).
+    served_by: set[int] = set()
+    sent = 0
+    while sent < 60 or (len(served_by) < 2 and sent < 600):
+        answer = proc.request(get_request("/pid", extra="Connection: close\r\n"))
+        assert answer.status == 200, answer
+        served_by.add(int(answer.body))
+        sent += 1
     time.sleep(1.2)  # every worker has published its counts since (once a second)
     stats = stats_of(proc)
     assert stats["workers"] == 2 and len(served_by) == 2, stats
     assert set(map(int, stats["requests_by_worker"])) == served_by, stats
     assert sum(stats["requests_by_worker"].values()) == stats["requests"], stats
     # Every /pid request and this /_stats one; the other worker may not count its share of
-    # the /_stats calls yet, so: at least the 60.
-    assert 61 <= stats["requests"] <= 61 + 1, stats
-    assert stats["connections_accepted"] >= 61 and stats["connection_limit"] > 0, stats
+    # the /_stats calls yet, so: at least those.
+    assert sent + 1 <= stats["requests"] <= sent + 2, stats
+    assert stats["connections_accepted"] >= sent + 1 and stats["connection_limit"] > 0, stats
 
 
 def test_counts_survive_a_reload(backend, server_factory, die_app):
