@@ -67,7 +67,6 @@ SIGNALS = frozenset(
         signal.SIGUSR1,  # from a worker: "I am leaving (--max-requests): replace me now"
     )
 )
-
 # To a worker: leave now, gracefully, without a drain delay and without taking the
 # clients queued on the listeners (the workers that stay take them): a reload, one
 # worker fewer.  SIGTERM is "stop": drain for --drain-delay, then take the queue.
